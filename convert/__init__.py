@@ -1,0 +1,1 @@
+"""convert package (installed as flax_effnet.convert)."""

@@ -1,0 +1,1 @@
+"""infer package (installed as flax_effnet.infer)."""

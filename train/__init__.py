@@ -1,0 +1,1 @@
+"""train package (installed as flax_effnet.train)."""
