@@ -213,6 +213,7 @@ class Predictor:
         if not pretrained.model.num_classes:
             raise ValueError("the checkpoint has no classifier (num_classes is 0); nothing to predict")
         self.pretrained = pretrained
+        self.weights_dir: Path | None = None  # set by `load`
         self.model = pretrained.model
         self.variables = jax.device_put(pretrained.variables)
         self.preprocessing: Preprocessing = pretrained.preprocessing
@@ -232,8 +233,11 @@ class Predictor:
         Raises:
           NotAPretrainedDirError: the directory was not written by flax_effnet.
         """
-        pretrained = load_pretrained_full(resolve_weights_dir(path), **model_overrides)
-        return cls(pretrained, batch_size=batch_size, workers=workers)
+        weights_dir = resolve_weights_dir(path)
+        predictor = cls(load_pretrained_full(weights_dir, **model_overrides),
+                        batch_size=batch_size, workers=workers)
+        predictor.weights_dir = weights_dir
+        return predictor
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A PIL image -> the normalised float32 (size, size, 3) array this checkpoint expects."""
