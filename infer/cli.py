@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from flax_effnet.pretrained import NotAPretrainedDirError
 
@@ -41,8 +41,14 @@ def format_table(result) -> str:
     rows = [("image", "rank", "prob", "class")]
     for p in result.predictions:
         for rank, c in enumerate(p.classes, 1):
-            rows.append((p.path if rank == 1 else "", str(rank), f"{c.probability:.2%}",
-                         f"{c.label} ({c.index})"))
+            rows.append(
+                (
+                    p.path if rank == 1 else "",
+                    str(rank),
+                    f"{c.probability:.2%}",
+                    f"{c.label} ({c.index})",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
     for r in rows:
@@ -60,13 +66,20 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         "checkpoint's own preprocessing and class names.",
     )
     _weights_arg(parser)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE",
-                        help="image files and/or folders (searched recursively)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files and/or folders (searched recursively)",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--save-plot", metavar="DIR",
-                        help="write DIR/NNNN_<name>.png: each image beside its top-k bar chart")
+    parser.add_argument(
+        "--save-plot",
+        metavar="DIR",
+        help="write DIR/NNNN_<name>.png: each image beside its top-k bar chart",
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be positive")
@@ -127,8 +140,14 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         predictor = Predictor.load(args.weights, batch_size=args.batch_size)
-        data = open_eval_data(args.data, predictor, data_dir=args.data_dir, split=args.split,
-                              image_key=args.image_key, label_key=args.label_key)
+        data = open_eval_data(
+            args.data,
+            predictor,
+            data_dir=args.data_dir,
+            split=args.split,
+            image_key=args.image_key,
+            label_key=args.label_key,
+        )
         result = evaluate(predictor, data, limit=args.limit, progress=not args.no_progress)
     except (NotAPretrainedDirError, FileNotFoundError, KeyError, ValueError, ImportError) as e:
         return _fail(str(e).strip("'\""))

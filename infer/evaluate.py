@@ -17,7 +17,8 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -118,7 +119,8 @@ class ImageFolderData:
         self.items: list[tuple[str, int]] = []
         for cls_name, label in zip(classes, to_index):
             files = sorted(
-                f for f in (root / cls_name).rglob("*")
+                f
+                for f in (root / cls_name).rglob("*")
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
             )
             self.items.extend((str(f), label) for f in files)
@@ -158,7 +160,7 @@ class TfdsData:
         where = str(data_dir) if data_dir else "the default TFDS data_dir (~/tensorflow_datasets)"
         try:
             source = tfds.data_source(name, split=split, data_dir=data_dir)
-        except Exception as e:  # noqa: BLE001 - tfds raises many types; all mean "not usable"
+        except Exception as e:  # tfds raises many types here; all mean "not usable as is"
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(
                 f"TFDS dataset {name!r} split {split!r} is not prepared in {where} "
@@ -168,7 +170,9 @@ class TfdsData:
         features = source.dataset_info.features
         for key in (image_key, label_key):
             if key not in features:
-                raise KeyError(f"TFDS {name!r} has no feature {key!r}; it has {', '.join(features)}")
+                raise KeyError(
+                    f"TFDS {name!r} has no feature {key!r}; it has {', '.join(features)}"
+                )
         label_names = getattr(features[label_key], "names", None)
         if label_names:
             data_to_ckpt = map_class_names(
@@ -213,7 +217,7 @@ def open_eval_data(
 ) -> EvalData:
     """`tfds:NAME[:SPLIT]` (with `data_dir`) or an image folder `root/<class>/...`."""
     if spec.startswith(TFDS_PREFIX):
-        name, _, spec_split = spec[len(TFDS_PREFIX):].partition(":")
+        name, _, spec_split = spec[len(TFDS_PREFIX) :].partition(":")
         return TfdsData(
             name,
             predictor,

@@ -1,4 +1,4 @@
-"""A PNG of an image beside a bar chart of its top-k classes (needs matplotlib: the `plot` extra)."""
+"""A PNG of an image beside a bar chart of its top-k classes (matplotlib: the `plot` extra)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,7 @@ def save_prediction_plot(prediction: Prediction, out_path: str | os.PathLike) ->
         matplotlib.use("Agg")  # files only; never open a window
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError(
-            "--save-plot needs matplotlib: pip install 'flax-effnet[plot]'"
-        ) from e
+        raise ImportError("--save-plot needs matplotlib: pip install 'flax-effnet[plot]'") from e
 
     image = open_image(prediction.path)
     labels = [c.label for c in prediction.classes]
@@ -47,8 +45,15 @@ def save_prediction_plot(prediction: Prediction, out_path: str | os.PathLike) ->
         ax_bar.set_xlabel("probability")
         for yi, p in zip(y, probs):
             inside = p > 0.8  # a long bar leaves no room to its right: label it inside, in white
-            ax_bar.text(p - 0.01 if inside else p + 0.01, yi, f"{p:.1%}", va="center", fontsize=9,
-                        ha="right" if inside else "left", color="white" if inside else "black")
+            ax_bar.text(
+                p - 0.01 if inside else p + 0.01,
+                yi,
+                f"{p:.1%}",
+                va="center",
+                fontsize=9,
+                ha="right" if inside else "left",
+                color="white" if inside else "black",
+            )
         ax_bar.set_title(f"top-{len(labels)}", fontsize=11)
         fig.suptitle(Path(prediction.path).name, fontsize=9, color="dimgray")
         fig.tight_layout()

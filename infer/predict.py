@@ -24,7 +24,8 @@ import functools
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -211,7 +212,9 @@ class Predictor:
 
     def __init__(self, pretrained: Pretrained, *, batch_size: int = 32, workers: int | None = None):
         if not pretrained.model.num_classes:
-            raise ValueError("the checkpoint has no classifier (num_classes is 0); nothing to predict")
+            raise ValueError(
+                "the checkpoint has no classifier (num_classes is 0); nothing to predict"
+            )
         self.pretrained = pretrained
         self.weights_dir: Path | None = None  # set by `load`
         self.model = pretrained.model
@@ -224,8 +227,14 @@ class Predictor:
         self._top_k, self._probabilities = _forward_fns(self.model)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, batch_size: int = 32, workers: int | None = None,
-             **model_overrides: Any) -> "Predictor":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        **model_overrides: Any,
+    ) -> Predictor:
         """Load a weights directory (or a trainer workdir holding `export/`).
 
         `model_overrides` set compute fields, e.g. `dtype=jnp.bfloat16`.
@@ -234,8 +243,11 @@ class Predictor:
           NotAPretrainedDirError: the directory was not written by flax_effnet.
         """
         weights_dir = resolve_weights_dir(path)
-        predictor = cls(load_pretrained_full(weights_dir, **model_overrides),
-                        batch_size=batch_size, workers=workers)
+        predictor = cls(
+            load_pretrained_full(weights_dir, **model_overrides),
+            batch_size=batch_size,
+            workers=workers,
+        )
         predictor.weights_dir = weights_dir
         return predictor
 
@@ -329,7 +341,8 @@ class Predictor:
         for batch_paths, probs, indices in batches:
             for path, p_row, i_row in zip(batch_paths, probs, indices):
                 classes = tuple(
-                    ClassScore(int(i), self.class_names[int(i)], float(p)) for i, p in zip(i_row, p_row)
+                    ClassScore(int(i), self.class_names[int(i)], float(p))
+                    for i, p in zip(i_row, p_row)
                 )
                 predictions.append(Prediction(path, classes))
         return PredictResult(predictions, errors)
@@ -347,13 +360,13 @@ def predict(
 
 
 __all__ = [
-    "ClassScore",
     "IMAGE_EXTENSIONS",
+    "ClassScore",
     "ImageLoadError",
     "InputError",
     "NotAPretrainedDirError",
-    "Prediction",
     "PredictResult",
+    "Prediction",
     "Predictor",
     "class_names_for",
     "collect_image_paths",

@@ -17,7 +17,9 @@ TINY = VariantSpec("tiny", width=0.25, depth=0.34, resolution=32, dropout=0.0)
 TINY_PREP = Preprocessing(input_size=32, crop_pct=0.875, interpolation="bilinear")
 
 
-def random_variables(model: EfficientNet, size: int, seed: int = 0, logit_scale: float = 8.0) -> dict:
+def random_variables(
+    model: EfficientNet, size: int, seed: int = 0, logit_scale: float = 8.0
+) -> dict:
     """He-normal kernels, random BN scale/bias/statistics, from shapes alone.
 
     `model.init` runs every layer eagerly (a minute on a busy CPU); `eval_shape` is free.
@@ -36,9 +38,7 @@ def random_variables(model: EfficientNet, size: int, seed: int = 0, logit_scale:
             x = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
             if "classifier" in names:
                 x *= logit_scale
-        elif name == "var":
-            x = rng.uniform(0.5, 1.5, shape)
-        elif name == "scale":
+        elif name == "var" or name == "scale":
             x = rng.uniform(0.5, 1.5, shape)
         else:  # BN bias and mean, dense biases
             x = rng.normal(0.0, 0.1, shape)
@@ -47,12 +47,20 @@ def random_variables(model: EfficientNet, size: int, seed: int = 0, logit_scale:
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def save_tiny_checkpoint(directory: Path, class_names=("cat", "dog", "fish"), seed: int = 0) -> Path:
+def save_tiny_checkpoint(
+    directory: Path, class_names=("cat", "dog", "fish"), seed: int = 0
+) -> Path:
     """A 3-class random-weight tiny EfficientNet saved with `save_pretrained`."""
     model = EfficientNet(TINY, num_classes=len(class_names))
     variables = random_variables(model, TINY_PREP.input_size, seed)
-    return save_pretrained(directory, model, variables, TINY_PREP, class_names=list(class_names),
-                           source={"format": "test", "note": "random weights"})
+    return save_pretrained(
+        directory,
+        model,
+        variables,
+        TINY_PREP,
+        class_names=list(class_names),
+        source={"format": "test", "note": "random weights"},
+    )
 
 
 def random_image(width: int, height: int, seed: int) -> Image.Image:

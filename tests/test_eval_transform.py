@@ -51,7 +51,9 @@ def reference_transform(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     }
     t = transforms.Compose(
         [
-            transforms.Resize(math.floor(prep.input_size / prep.crop_pct), modes[prep.interpolation]),
+            transforms.Resize(
+                math.floor(prep.input_size / prep.crop_pct), modes[prep.interpolation]
+            ),
             transforms.CenterCrop(prep.input_size),
             transforms.ToTensor(),
             transforms.Normalize(prep.mean, prep.std),

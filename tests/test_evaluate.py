@@ -31,7 +31,9 @@ def predictor(tmp_path_factory):
 def expected_accuracy(predictor, images, labels):
     """Top-1/top-3 computed directly from the model's probabilities."""
     x = np.stack([predictor.preprocess(im) for im in images])
-    probs = np.concatenate([predictor.probabilities(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+    probs = np.concatenate(
+        [predictor.probabilities(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    )
     order = np.argsort(-probs, axis=1)
     labels = np.asarray(labels)
     return np.mean(order[:, 0] == labels), np.mean(np.any(order[:, :5] == labels[:, None], axis=1))
@@ -75,8 +77,18 @@ def test_cli_evaluate_json_on_a_folder(predictor, tmp_path, capsys):
     root = tmp_path / "data"
     for name in CLASSES:
         write_images(root / name, 2, seed=len(name))
-    rc = evaluate_main([str(predictor.weights_dir), str(root), "--json", "--no-progress", "--batch-size", str(BATCH),
-                        "--limit", "5"])
+    rc = evaluate_main(
+        [
+            str(predictor.weights_dir),
+            str(root),
+            "--json",
+            "--no-progress",
+            "--batch-size",
+            str(BATCH),
+            "--limit",
+            "5",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert out["num_images"] == 5 and out["errors"] == []
@@ -93,7 +105,7 @@ def _build_tiny_tfds(data_dir, examples, class_names):
     """
     if "importlib_resources" not in sys.modules:
         try:
-            import importlib_resources  # noqa: F401
+            import importlib_resources  # noqa: F401 - the backport, when installed
         except ImportError:
             sys.modules["importlib_resources"] = importlib.resources
     tfds = pytest.importorskip("tensorflow_datasets")
@@ -143,10 +155,19 @@ def test_tfds_split_top1_top5_match_direct_computation(predictor, tmp_path):
 
 def test_tfds_dataset_that_is_not_prepared_says_so(predictor, tmp_path, capsys):
     pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(FileNotFoundError, match="'no_such_dataset' split 'validation' is not prepared"):
+    with pytest.raises(
+        FileNotFoundError, match="'no_such_dataset' split 'validation' is not prepared"
+    ):
         open_eval_data("tfds:no_such_dataset", predictor, data_dir=tmp_path)
-    rc = evaluate_main([str(predictor.weights_dir), "tfds:no_such_dataset:test", "--data-dir",
-                        str(tmp_path), "--no-progress"])
+    rc = evaluate_main(
+        [
+            str(predictor.weights_dir),
+            "tfds:no_such_dataset:test",
+            "--data-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "split 'test' is not prepared" in err and "--file_format array_record" in err

@@ -46,7 +46,9 @@ def mixed_folder(tmp_path):
     return folder, good
 
 
-def test_unreadable_files_are_reported_by_name_and_the_others_predicted(predictor, mixed_folder, tmp_path):
+def test_unreadable_files_are_reported_by_name_and_the_others_predicted(
+    predictor, mixed_folder, tmp_path
+):
     folder, good = mixed_folder
     missing = tmp_path / "missing.jpg"
     named_text = folder / "notes.txt"  # named explicitly, so it is tried and reported
@@ -74,15 +76,18 @@ def test_batched_predictions_equal_one_image_at_a_time(predictor, mixed_folder):
     probs = np.concatenate([predictor.probabilities(images[i : i + 1]) for i in range(len(good))])
     for pred, row in zip(batched, probs):
         assert [c.index for c in pred.classes] == list(np.argsort(-row)[:3])
-        np.testing.assert_allclose([c.probability for c in pred.classes], np.sort(row)[::-1][:3],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [c.probability for c in pred.classes], np.sort(row)[::-1][:3], rtol=1e-5, atol=1e-6
+        )
     # The images' outputs differ by far more than the tolerance, so a row mix-up would show.
     assert np.ptp(probs, axis=0).max() > 1e-3
 
 
 def test_cli_json_lists_predictions_and_skipped_files(checkpoint, mixed_folder, capsys):
     folder, good = mixed_folder
-    rc = predict_main([str(checkpoint), str(folder), "--json", "--top-k", "3", "--batch-size", str(BATCH)])
+    rc = predict_main(
+        [str(checkpoint), str(folder), "--json", "--top-k", "3", "--batch-size", str(BATCH)]
+    )
     out, err = capsys.readouterr()
     assert rc == 1  # some inputs skipped
     data = json.loads(out)
@@ -97,8 +102,9 @@ def test_cli_json_lists_predictions_and_skipped_files(checkpoint, mixed_folder, 
 
 def test_cli_table_shows_each_image_with_ranked_class_names(checkpoint, mixed_folder, capsys):
     _, good = mixed_folder
-    rc = predict_main([str(checkpoint), str(good[0]), str(good[1]), "--top-k", "2",
-                       "--batch-size", str(BATCH)])
+    rc = predict_main(
+        [str(checkpoint), str(good[0]), str(good[1]), "--top-k", "2", "--batch-size", str(BATCH)]
+    )
     out, _ = capsys.readouterr()
     assert rc == 0
     lines = out.splitlines()
@@ -112,8 +118,17 @@ def test_cli_save_plot_writes_a_png_per_image(checkpoint, mixed_folder, tmp_path
     pytest.importorskip("matplotlib")
     _, good = mixed_folder
     plots = tmp_path / "plots"
-    rc = predict_main([str(checkpoint), str(good[0]), str(good[1]), "--save-plot", str(plots),
-                       "--batch-size", str(BATCH)])
+    rc = predict_main(
+        [
+            str(checkpoint),
+            str(good[0]),
+            str(good[1]),
+            "--save-plot",
+            str(plots),
+            "--batch-size",
+            str(BATCH),
+        ]
+    )
     assert rc == 0
     files = sorted(plots.glob("*.png"))
     assert [f.name for f in files] == ["0000_img0.png", "0001_img1.png"]

@@ -23,7 +23,9 @@ from flax_effnet.preprocessing import INCEPTION_MEAN, INCEPTION_STD, eval_transf
 efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
 
 SIZE = 64
-PREP = Preprocessing(SIZE, crop_pct=0.875, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD)
+PREP = Preprocessing(
+    SIZE, crop_pct=0.875, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD
+)
 TOP_K = 5
 
 
@@ -81,10 +83,12 @@ def standin_convert(state_dict: dict, model: EfficientNet, size: int) -> dict:
     import jax
     from flax import traverse_util
 
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32))
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+    )
     expected = traverse_util.flatten_dict(shapes, sep="/")
     table = standin_key_table()
-    assert set(table) == set(expected), (set(table) ^ set(expected))
+    assert set(table) == set(expected), set(table) ^ set(expected)
     torch_keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
     assert {k for k, _ in table.values()} == torch_keys
     flat = {}
@@ -127,8 +131,13 @@ def checkpoint(torch_model, tmp_path_factory):
     model = EfficientNet("b0", num_classes=1000, padding="same", bn_epsilon=1e-3)
     variables = standin_convert(torch_model.state_dict(), model, SIZE)
     # No class names: a 1000-class checkpoint gets the packaged ImageNet names.
-    return save_pretrained(tmp_path_factory.mktemp("ckpt") / "b0_random", model, variables, PREP,
-                           source={"format": "efficientnet_pytorch", "note": "random weights"})
+    return save_pretrained(
+        tmp_path_factory.mktemp("ckpt") / "b0_random",
+        model,
+        variables,
+        PREP,
+        source={"format": "efficientnet_pytorch", "note": "random weights"},
+    )
 
 
 def test_predict_gives_the_torch_models_top_k(torch_model, checkpoint, tmp_path, capsys):
@@ -148,11 +157,14 @@ def test_predict_gives_the_torch_models_top_k(torch_model, checkpoint, tmp_path,
     ref_p, ref_i = (t.numpy() for t in torch.topk(probs, TOP_K + 1, dim=-1))
     # Consecutive top-k logits are apart (float noise is ~1e-5), so the order is a real test.
     assert np.min(-np.diff(np.log(ref_p), axis=1)) > 2e-4
-    assert len({tuple(i) for i in ref_i}) == len(paths), "input-independent outputs: test has no power"
+    assert len({tuple(i) for i in ref_i}) == len(paths), (
+        "input-independent outputs: test has no power"
+    )
     names = imagenet_class_names()
     assert [p["path"] for p in ours] == [str(p) for p in paths]
     for pred, rp, ri in zip(ours, ref_p, ref_i):
         assert [c["index"] for c in pred["top_k"]] == ri[:TOP_K].tolist()
         assert [c["label"] for c in pred["top_k"]] == [names[i] for i in ri[:TOP_K]]
-        np.testing.assert_allclose([c["probability"] for c in pred["top_k"]], rp[:TOP_K],
-                                   rtol=1e-3, atol=2e-6)
+        np.testing.assert_allclose(
+            [c["probability"] for c in pred["top_k"]], rp[:TOP_K], rtol=1e-3, atol=2e-6
+        )
