@@ -159,7 +159,8 @@ class TfdsData:
             ) from e
         where = str(data_dir) if data_dir else "the default TFDS data_dir (~/tensorflow_datasets)"
         try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir)
+            # download=False: never start downloading or preparing a dataset from here.
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # tfds raises many types here; all mean "not usable as is"
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(
