@@ -153,12 +153,27 @@ def test_tfds_split_top1_top5_match_direct_computation(predictor, tmp_path):
     assert result.data == f"tfds:{name}:validation"
 
 
-def test_tfds_dataset_that_is_not_prepared_says_so(predictor, tmp_path, capsys):
-    pytest.importorskip("tensorflow_datasets")
+def test_tfds_dataset_that_is_not_prepared_says_so(predictor, tmp_path, capsys, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+    real_data_source = tfds.data_source
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_data_source(*args, **kwargs)
+
+    monkeypatch.setattr(tfds, "data_source", spy)
     with pytest.raises(
         FileNotFoundError, match="'no_such_dataset' split 'validation' is not prepared"
     ):
         open_eval_data("tfds:no_such_dataset", predictor, data_dir=tmp_path)
+    # A registered dataset that is not prepared: reported, never downloaded or prepared here.
+    with pytest.raises(
+        FileNotFoundError, match="'imagenet2012' split 'validation' is not prepared"
+    ):
+        open_eval_data("tfds:imagenet2012", predictor, data_dir=tmp_path)
+    assert not (tmp_path / "imagenet2012").exists() and not (tmp_path / "downloads").exists()
+    assert calls and all(c.get("download") is False for c in calls)
     rc = evaluate_main(
         [
             str(predictor.weights_dir),
