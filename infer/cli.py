@@ -128,7 +128,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-key", default="image", help="TFDS image feature (default image)")
     parser.add_argument("--label-key", default="label", help="TFDS label feature (default label)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=int, help="evaluate N images spread evenly over the data")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

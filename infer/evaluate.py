@@ -242,15 +242,18 @@ def evaluate(
     Args:
       predictor: a loaded checkpoint; its `batch_size` is the evaluation batch.
       data: from `open_eval_data` (or anything with `len`, `load(i)`, `describe(i)`).
-      limit: evaluate only the first `limit` images.
+      limit: evaluate `limit` images spread evenly over the data (folders list their images
+        class by class, so the first `limit` would cover only the first classes).
       progress: show a tqdm progress bar on stderr (when tqdm is installed).
 
     Returns:
       An `EvalResult`; images that cannot be decoded are counted in `errors`, not in accuracy.
     """
-    n = len(data) if limit is None else min(limit, len(data))
+    total = len(data)
+    n = total if limit is None else min(limit, total)
     if n == 0:
         raise ValueError(f"{data.name} holds no images")
+    subset = list(range(total)) if n == total else [i * total // n for i in range(n)]
     k = min(5, predictor.num_classes)
     size = predictor.preprocessing.input_size
     # Compile the one batch shape used below (the last batch is padded to it) before timing.
@@ -276,7 +279,7 @@ def evaluate(
     start = time.perf_counter()
     try:
         for items, _, indices in predictor.iter_batches(
-            list(range(n)),
+            subset,
             load,
             k=k,
             pad_to=predictor.batch_size,

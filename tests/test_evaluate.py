@@ -186,3 +186,25 @@ def test_tfds_dataset_that_is_not_prepared_says_so(predictor, tmp_path, capsys, 
     assert rc == 2
     err = capsys.readouterr().err
     assert "split 'test' is not prepared" in err and "--file_format array_record" in err
+
+
+def test_limit_takes_images_spread_over_the_data(predictor):
+    class ClassByClass:  # like a folder: 12 images, 3 classes in blocks of 4
+        name = "fake"
+
+        def __init__(self):
+            self.loaded = []
+
+        def __len__(self):
+            return 12
+
+        def load(self, i):
+            self.loaded.append(i)
+            return random_image(36, 36, i), i // 4
+
+        def describe(self, i):
+            return f"fake[{i}]"
+
+    data = ClassByClass()
+    result = evaluate(predictor, data, limit=4, progress=False)
+    assert sorted(data.loaded) == [0, 3, 6, 9] and result.num_images == 4
