@@ -67,12 +67,16 @@ def resize_center_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     size = prep.input_size
     scale_size = math.floor(size / prep.crop_pct)
     w, h = image.size
+    # Pixel-exact with timm's eval transform (torchvision Resize(int) + CenterCrop on PIL):
+    # the longer side is truncated, not rounded (`_compute_resized_output_size`), and the crop
+    # offset is `int(round(d / 2))` with Python's half-to-even rounding. Rounding the long side
+    # instead changes it by a pixel for about half of all aspect ratios.
     if w <= h:
-        new_w, new_h = scale_size, max(1, round(h * scale_size / w))
+        new_w, new_h = scale_size, max(1, int(scale_size * h / w))
     else:
-        new_w, new_h = max(1, round(w * scale_size / h)), scale_size
+        new_w, new_h = max(1, int(scale_size * w / h)), scale_size
     image = image.resize((new_w, new_h), resample(prep.interpolation))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
