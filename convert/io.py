@@ -175,7 +175,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> Checkpoint:
+def _read_safetensors(path: Path, use_ema: bool) -> Checkpoint:
     from safetensors import safe_open
 
     _import_torch()  # framework="pt" reads bf16/fp16 that numpy cannot hold
@@ -187,7 +187,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
         raise CheckpointReadError(
             f"cannot read {path}: it is not a valid safetensors file (truncated or corrupt?): {e}"
         ) from None
-    ckpt = _finish(raw, kind="safetensors")
+    ckpt = _finish(raw, kind="safetensors", use_ema=use_ema)
     ckpt.hints += [str(v) for k, v in metadata.items() if k in _ARCH_KEYS]
     return ckpt
 
@@ -215,6 +215,8 @@ def _finish(raw: Mapping, kind: str, use_ema: bool = False) -> Checkpoint:
     dtypes = sorted({_dtype_name(v) for v in state.values()} - {"float32", "int64", "int32", "long"})
     tensors = {k: to_numpy(v) for k, v in state.items()}
     notes = []
+    if use_ema and not ema:
+        notes.append("--use-ema: the file holds a single state_dict; converted it (EMA or not cannot be told)")
     if container:
         notes.append(f"state_dict taken from {container!r}" + (" (EMA weights)" if ema else " (regular weights)"))
     if dtypes:
@@ -244,7 +246,7 @@ def read_checkpoint(path: str | os.PathLike, *, use_ema: bool = False, unsafe: b
     if path.stat().st_size == 0:
         raise CheckpointReadError(f"{path} is empty")
     if path.suffix == ".safetensors" or _is_safetensors(path):
-        ckpt = _read_safetensors(path)
+        ckpt = _read_safetensors(path, use_ema)
     else:
         ckpt = _read_torch(path, use_ema=use_ema, unsafe=unsafe)
     ckpt.hints += _neighbour_config_hints(path) + [f"file name: {path.name}"]

@@ -108,11 +108,9 @@ def reference_model(format: str, variant: str, num_classes: int, image_size: int
 
 @functools.lru_cache(maxsize=32)
 def _jitted(model: EfficientNet):
-    names = {f"blocks_{b.stage}_{b.index}" for b in scale_network(model.variant).blocks}
-    last = {}
-    for b in scale_network(model.variant).blocks:
-        last[b.stage] = f"blocks_{b.stage}_{b.index}"
-    wanted = set(last.values()) & names
+    """One jitted apply per model config (jit caches per input shape inside)."""
+    last = {b.stage: f"blocks_{b.stage}_{b.index}" for b in scale_network(model.variant).blocks}
+    wanted = set(last.values())
 
     def run(variables, x):
         out, state = model.apply(

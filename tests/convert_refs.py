@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from flax_effnet.convert.verify import flax_logits_and_stages, torch_logits_and_stages
 
+# The reference forward passes are tiny (64 px); with more than one intra-op thread torch spends
+# 50x the CPU time spinning, on a CI runner shared with a second pytest worker.
+torch.set_num_threads(1)
+
 TOLERANCE = 1e-4  # max |logit difference| the issue allows (float32, CPU)
 
 # ---------------------------------------------------------------------------------------------
