@@ -58,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out(args.src)
     # Imported here so `--help` is instant.
     from flax_effnet.convert.api import convert_file
+    from flax_effnet.pretrained import save_pretrained
 
     start = time.perf_counter()
     try:
+        if out.exists() and not args.overwrite:
+            raise ConversionError(f"{out} exists; pass --overwrite to replace it")
+        # With --verify nothing is written until the check has passed.
         model, variables, info = convert_file(
             args.src,
-            out,
+            None if args.verify else out,
             format=args.format,
             variant=args.variant,
             num_classes=args.num_classes,
@@ -87,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         f"  preprocessing: input {pp.input_size}, crop_pct {pp.crop_pct:.4g}, {pp.interpolation}, "
         f"mean {pp.mean}, std {pp.std}"
     )
-    print(f"wrote {out} in {seconds:.1f}s  (flax_effnet.load_pretrained({str(out)!r}))")
     if args.verify:
-        return _verify(args, model, variables, info)
+        status = _verify(args, model, variables, info)
+        if status:
+            print(f"nothing written to {out}", file=sys.stderr)
+            return status
+        save_pretrained(out, model, variables, info.preprocessing, source=info.source(), overwrite=args.overwrite)
+        seconds = time.perf_counter() - start
+    print(f"wrote {out} in {seconds:.1f}s  (flax_effnet.load_pretrained({str(out)!r}))")
     return 0
 
 
 def _verify(args, model, variables, info) -> int:
+    """0 when the logits agree (or no reference is importable), 1 on error, 2 on a mismatch."""
     from flax_effnet.convert.io import read_checkpoint
     from flax_effnet.convert.verify import verify
 
