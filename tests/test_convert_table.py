@@ -53,3 +53,40 @@ def test_layout_transposes():
     assert layout.pointwise_to_dense(se).shape == (2, 3) and layout.pointwise_to_dense(se)[1, 2] == se[2, 1, 0, 0]
     lin = np.arange(6).reshape(3, 2)
     assert layout.linear_kernel(lin)[1, 2] == lin[2, 1]
+
+
+def _zeros_state_dict(fmt, variant, num_classes=10):
+    f = FORMATS[fmt]
+    rows = key_table(f, scale_network(variant), f.classifier[0], num_classes)
+    return {r.torch_key: np.zeros(r.torch_shape, np.float32) for r in rows}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_numpy_state_dict_converts_with_hints(fmt):
+    """convert_state_dict takes numpy arrays too (no torch needed for in-memory conversion)."""
+    from flax_effnet.convert import convert_state_dict
+
+    hints = ["tf_efficientnet_b0"] if fmt == "timm_tf" else []
+    model, variables, info = convert_state_dict(_zeros_state_dict(fmt, "b0"), hints=hints)
+    assert (info.format, info.variant, model.num_classes) == (fmt, "b0", 10)
+    assert variables["params"]["classifier"]["kernel"].shape == (1280, 10)
+
+
+def test_unknown_variant_lists_signatures():
+    from flax_effnet.convert import UnknownVariantError, convert_state_dict
+
+    sd = {k: v for k, v in _zeros_state_dict("timm", "b0").items() if not k.startswith("blocks.5.3.")}
+    with pytest.raises(UnknownVariantError) as e:
+        convert_state_dict(sd, hints=["efficientnet_b0"])
+    msg = str(e.value)
+    assert "blocks per stage [1, 2, 2, 3, 3, 3, 1]" in msg and "b0: stem 32, head 1280" in msg
+
+
+def test_missing_classifier_asks_for_num_classes():
+    from flax_effnet.convert import KeyMismatchError, convert_state_dict
+
+    sd = {k: v for k, v in _zeros_state_dict("seed004", "b0").items() if not k.startswith("fc.")}
+    with pytest.raises(KeyMismatchError, match="--num-classes"):
+        convert_state_dict(sd)
+    model, variables, info = convert_state_dict(sd, num_classes=0)
+    assert info.classifier == "none" and "classifier" not in variables["params"]
