@@ -219,6 +219,9 @@ def _finish(raw: Mapping, kind: str, use_ema: bool = False) -> Checkpoint:
         notes.append("--use-ema: the file holds a single state_dict; converted it (EMA or not cannot be told)")
     if container:
         notes.append(f"state_dict taken from {container!r}" + (" (EMA weights)" if ema else " (regular weights)"))
+        also = [k for k in EMA_KEYS if not ema and isinstance(raw, Mapping) and isinstance(raw.get(k), Mapping)]
+        if also:
+            notes.append(f"the file also holds EMA weights under {also[0]!r}; --use-ema converts those")
     if dtypes:
         notes.append(f"stored as {', '.join(dtypes)}; converted to float32")
     return Checkpoint(tensors, container, ema, hints, dtypes, kind, notes)

@@ -100,6 +100,7 @@ def test_ema_container_needs_use_ema_and_regular_is_default(b0, tmp_path, capsys
     _, want_regular, _ = convert_state_dict(regular)
     _assert_same_variables(v_regular, want_regular)
     assert info.file["weights"] == "regular" and any("regular weights" in n for n in info.notes)
+    assert any("--use-ema converts those" in n for n in info.notes)
 
     assert _cli(both, "-o", tmp_path / "ema_out", "--use-ema") == 0
     _, v_ema = load_pretrained(tmp_path / "ema_out")
