@@ -9,7 +9,6 @@ giving the standard architecture its upstream source and torchvision build.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 from functools import partial
