@@ -1,0 +1,269 @@
+"""Python API: a PyTorch EfficientNet state_dict (or file) -> `(EfficientNet, variables, info)`.
+
+Conversion is strict (after big_vision's `merge_params`): every Flax leaf is filled exactly
+once from the format's key table, every torch key is consumed or ignored on purpose
+(`num_batches_tracked`; the classifier when `num_classes` replaces it), and anything else is
+reported by name with the expected and the found shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from flax_effnet.layers import dense_init
+from flax_effnet.model import EfficientNet
+from flax_effnet.preprocessing import Preprocessing
+from flax_effnet.pretrained import save_pretrained, unflatten_variables
+from flax_effnet.specs import scale_network
+
+from flax_effnet.convert.detect import detect_format, detect_variant, observed_signature
+from flax_effnet.convert.errors import ConversionError, KeyMismatchError
+from flax_effnet.convert.formats import key_table
+from flax_effnet.convert.formats.base import IGNORED_SUFFIXES, variant_name
+from flax_effnet.convert.io import read_checkpoint, sha256, to_numpy
+
+CONVERTER = "flax_effnet.convert 1"
+_MAX_LISTED = 20  # per kind of problem in an error message
+
+
+@dataclasses.dataclass
+class ConversionInfo:
+    """What the converter decided, for the report, the saved config and `--verify`.
+
+    Attributes:
+      format: source format name ('torchvision', 'timm', 'timm_tf', 'efficientnet_pytorch',
+        'seed000', 'seed004').
+      variant: 'b0'..'b7'.
+      num_classes: classifier size of the Flax model (0: no classifier).
+      classifier: 'converted', 'new' (freshly initialised for `num_classes`), or 'none'.
+      padding, bn_epsilon, bn_momentum: the Flax model's settings (momentum in Flax's sense).
+      preprocessing: eval preprocessing of these weights.
+      prefix: key prefix that was stripped ('module.', ...).
+      notes: everything detected or assumed, one sentence each.
+      ignored: torch keys deliberately not converted.
+      num_tensors: torch tensors converted.
+      file: provenance when converted from a file (name, sha256, container, EMA, dtypes, kind).
+    """
+
+    format: str
+    variant: str
+    num_classes: int
+    classifier: str
+    padding: str
+    bn_epsilon: float
+    bn_momentum: float
+    preprocessing: Preprocessing
+    prefix: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    ignored: list[str] = dataclasses.field(default_factory=list)
+    num_tensors: int = 0
+    file: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def source(self) -> dict:
+        """The provenance block saved in config.json's 'source'."""
+        return {
+            "format": self.format,
+            "variant": self.variant,
+            "classifier": self.classifier,
+            "prefix": self.prefix,
+            **self.file,
+            "notes": list(self.notes),
+            "converter": CONVERTER,
+        }
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + (",)" if len(shape) == 1 else ")")
+
+
+def _mismatch_error(fmt, variant, missing, mismatched, unexpected, hint="") -> KeyMismatchError:
+    lines = [
+        f"{fmt.name} checkpoint ({fmt.description}), variant {variant}: the tensors do not match "
+        f"the {fmt.name} key table"
+    ]
+
+    def listed(title, items, render):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend("    " + render(x) for x in items[:_MAX_LISTED])
+            if len(items) > _MAX_LISTED:
+                lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+
+    listed("missing keys", missing, lambda m: f"{m[0]!r}: expected shape {_fmt_shape(m[1])}")
+    listed("wrong shapes", mismatched, lambda m: f"{m[0]!r}: expected shape {_fmt_shape(m[1])}, found {_fmt_shape(m[2])}")
+    listed("unexpected keys", unexpected, lambda m: f"{m[0]!r}: shape {_fmt_shape(m[1])}")
+    if hint:
+        lines.append(hint)
+    return KeyMismatchError("\n".join(lines), missing, [u[0] for u in unexpected], mismatched)
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any],
+    format: str | None = None,
+    variant: str | None = None,
+    *,
+    num_classes: int | None = None,
+    hints: tuple[str, ...] | list[str] = (),
+) -> tuple[EfficientNet, dict, ConversionInfo]:
+    """Convert an in-memory PyTorch state_dict.
+
+    Args:
+      state_dict: torch key -> tensor (torch.Tensor or numpy array), optionally wrapped in a
+        prefix such as 'module.'.
+      format: source format name; detected from the keys when None.
+      variant: 'b0'..'b7'; detected from stem/head widths and blocks per stage when None.
+      num_classes: None keeps the checkpoint's classifier; N > 0 drops it and attaches a
+        freshly initialised N-way classifier (for fine-tuning); 0 drops it (a backbone).
+      hints: strings that may name the architecture (decide timm vs tf_ timm).
+
+    Returns:
+      (model, variables, info): `model.apply(variables, x)` reproduces the PyTorch model.
+
+    Raises:
+      UnknownFormatError, UnknownVariantError, KeyMismatchError (all ConversionError).
+    """
+    tensors = {str(k): to_numpy(v) for k, v in state_dict.items()}
+    fmt, prefix, notes = detect_format(list(tensors), hints, format)
+    stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    outside = [k for k in tensors if not k.startswith(prefix)]
+    shapes = {k: tuple(v.shape) for k, v in stripped.items()}
+
+    if variant is None:
+        variant = detect_variant(fmt, shapes)
+        notes.append(f"variant {variant} detected from {observed_signature(fmt, shapes)}")
+    else:
+        variant = variant_name(variant)
+        notes.append(f"variant {variant} given by the caller")
+    net = scale_network(variant)
+
+    present = [c for c in fmt.classifier if f"{c}.weight" in stripped or f"{c}.bias" in stripped]
+    dropped: list[str] = []
+    if num_classes is None:
+        if not present:
+            raise _mismatch_error(
+                fmt, variant, [(f"{fmt.classifier[0]}.weight", ("num_classes", net.head_channels))], [], [],
+                hint="  No classifier: pass --num-classes N (num_classes=N) to attach a new N-way "
+                "classifier, or 0 to convert the backbone only.",
+            )
+        classifier = present[0]
+        w = stripped.get(f"{classifier}.weight")
+        num_classes = int(w.shape[0]) if w is not None and w.ndim == 2 else -1
+        if num_classes <= 0:
+            raise _mismatch_error(
+                fmt, variant, [], [(f"{classifier}.weight", ("num_classes", net.head_channels), shapes.get(f"{classifier}.weight"))], []
+            )
+        classifier_state = "converted"
+    else:
+        if num_classes < 0:
+            raise ConversionError(f"num_classes must be >= 0, got {num_classes}")
+        classifier = None
+        dropped = sorted(k for k in stripped if any(k.startswith(c + ".") for c in present))
+        classifier_state = "new" if num_classes else "none"
+        notes.append(
+            f"checkpoint classifier dropped ({', '.join(dropped) or 'none present'}); "
+            + (f"new {num_classes}-way classifier initialised (seed 0)" if num_classes else "no classifier (backbone)")
+        )
+
+    rows = key_table(fmt, net, classifier, num_classes)
+    flat: dict[str, np.ndarray] = {}
+    missing, mismatched, consumed = [], [], set()
+    for row in rows:
+        if row.flax_path in flat:  # a table bug: two torch keys for one Flax leaf
+            raise AssertionError(f"{fmt.name}: Flax leaf {row.flax_path} filled twice")
+        value = stripped.get(row.torch_key)
+        if value is None:
+            missing.append((prefix + row.torch_key, row.torch_shape))
+            continue
+        consumed.add(row.torch_key)
+        if tuple(value.shape) != row.torch_shape:
+            mismatched.append((prefix + row.torch_key, row.torch_shape, tuple(value.shape)))
+            continue
+        flat[row.flax_path] = np.ascontiguousarray(row.transform(value))
+    ignored = sorted(k for k in stripped if k.endswith(IGNORED_SUFFIXES)) + dropped
+    unexpected = [
+        (prefix + k, shapes[k]) for k in sorted(stripped) if k not in consumed and k not in set(ignored)
+    ] + [(k, tuple(tensors[k].shape)) for k in outside]
+    if missing or mismatched or unexpected:
+        raise _mismatch_error(fmt, variant, missing, mismatched, unexpected)
+
+    if classifier is None and num_classes:
+        # Same initialiser as a freshly built model's classifier.
+        kernel = dense_init(jax.random.key(0), (net.head_channels, num_classes))
+        flat["params/classifier/kernel"] = np.asarray(kernel, np.float32)
+        flat["params/classifier/bias"] = np.zeros((num_classes,), np.float32)
+
+    model = EfficientNet(
+        variant=variant,
+        num_classes=num_classes,
+        padding=fmt.padding,
+        bn_epsilon=fmt.bn_epsilon(variant),
+        bn_momentum=fmt.bn_momentum(variant),
+    )
+    info = ConversionInfo(
+        format=fmt.name,
+        variant=variant,
+        num_classes=num_classes,
+        classifier=classifier_state,
+        padding=fmt.padding,
+        bn_epsilon=model.bn_epsilon,
+        bn_momentum=model.bn_momentum,
+        preprocessing=fmt.preprocessing(variant),
+        prefix=prefix,
+        notes=notes,
+        ignored=[prefix + k for k in ignored],
+        num_tensors=len(consumed),
+    )
+    return model, unflatten_variables(flat), info
+
+
+def convert_file(
+    src: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    format: str | None = None,
+    variant: str | None = None,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    unsafe: bool = False,
+    overwrite: bool = False,
+) -> tuple[EfficientNet, dict, ConversionInfo]:
+    """Convert a checkpoint file, and write a weights directory when `out` is given.
+
+    Args:
+      src: `.pth`/`.pt`/`.bin` (torch) or `.safetensors` file.
+      out: directory to write (config.json + variables.safetensors) for `load_pretrained`;
+        written to a temporary sibling and renamed, so a failure leaves nothing behind.
+      format, variant, num_classes: as in `convert_state_dict`.
+      use_ema: take EMA weights from a container holding both (default: regular weights).
+      unsafe: allow pickled modules / TorchScript (executes code from the file).
+      overwrite: replace an existing `out`.
+
+    Returns:
+      (model, variables, info).
+    """
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ConversionError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    ckpt = read_checkpoint(src, use_ema=use_ema, unsafe=unsafe)
+    model, variables, info = convert_state_dict(
+        ckpt.tensors, format, variant, num_classes=num_classes, hints=tuple(ckpt.hints)
+    )
+    info.notes = ckpt.notes + info.notes
+    if not ckpt.container:
+        info.notes.insert(0, "plain state_dict" + (" (EMA weights)" if ckpt.ema else ""))
+    info.file = {
+        "file": Path(src).name,
+        "sha256": sha256(src),
+        "container": ckpt.container,
+        "weights": "ema" if ckpt.ema else "regular",
+        "file_kind": ckpt.kind,
+        "stored_dtypes": ckpt.source_dtypes or ["float32"],
+    }
+    if out is not None:
+        save_pretrained(out, model, variables, info.preprocessing, source=info.source(), overwrite=overwrite)
+    return model, variables, info

@@ -1,0 +1,127 @@
+"""`convert_torch_weights SRC [-o OUT]`: a PyTorch EfficientNet checkpoint -> a flax_effnet directory.
+
+Thin: parses arguments, calls `convert_file` (and `verify`), prints what was detected or
+assumed. Errors from the converter print as one message and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from flax_effnet.convert.errors import ConversionError
+from flax_effnet.convert.formats import FORMATS, KNOWN_VARIANTS
+
+
+def default_out(src: str) -> Path:
+    """`b0.pth` -> `b0_flax` beside it."""
+    p = Path(src)
+    return p.with_name(p.name.split(".")[0] + "_flax")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convert_torch_weights",
+        description="Convert a PyTorch EfficientNet B0-B7 checkpoint (torchvision, timm, timm tf_, "
+        "efficientnet_pytorch, seed 000/004 code) into a flax_effnet weights directory "
+        "(config.json + variables.safetensors) for flax_effnet.load_pretrained.",
+    )
+    parser.add_argument("src", help=".pth/.pt/.bin (torch) or .safetensors checkpoint")
+    parser.add_argument("-o", "--out", help="output directory (default: SRC's name + '_flax', beside it)")
+    parser.add_argument("--format", choices=sorted(FORMATS), help="source format (default: detected from the keys)")
+    parser.add_argument("--variant", choices=KNOWN_VARIANTS, help="b0-b7 (default: detected from the shapes)")
+    parser.add_argument(
+        "--use-ema", action="store_true", help="convert the EMA weights of a checkpoint holding both (default: regular)"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        help="drop the checkpoint's classifier; attach a new N-way one for fine-tuning (0: backbone only)",
+    )
+    parser.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow whole pickled nn.Modules and TorchScript archives (runs code stored in the file)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--verify", action="store_true", help="run the PyTorch reference (when importable) and the Flax model; print the max logit difference"
+    )
+    parser.add_argument("--verify-size", type=int, default=128, help="input size for --verify (default 128)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_out(args.src)
+    # Imported here so `--help` is instant.
+    from flax_effnet.convert.api import convert_file
+    from flax_effnet.pretrained import save_pretrained
+
+    start = time.perf_counter()
+    try:
+        if out.exists() and not args.overwrite:
+            raise ConversionError(f"{out} exists; pass --overwrite to replace it")
+        # With --verify nothing is written until the check has passed.
+        model, variables, info = convert_file(
+            args.src,
+            None if args.verify else out,
+            format=args.format,
+            variant=args.variant,
+            num_classes=args.num_classes,
+            use_ema=args.use_ema,
+            unsafe=args.unsafe,
+            overwrite=args.overwrite,
+        )
+    except (ConversionError, FileExistsError) as e:
+        print(f"convert_torch_weights: error: {e}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    print(f"{args.src}: {info.format} EfficientNet-{info.variant.upper()}, {info.num_tensors} tensors")
+    for note in info.notes:
+        print(f"  - {note}")
+    print(
+        f"  padding {info.padding}, BN eps {info.bn_epsilon:g}, Flax BN momentum {info.bn_momentum:g}, "
+        f"num_classes {info.num_classes} (classifier {info.classifier})"
+    )
+    pp = info.preprocessing
+    print(
+        f"  preprocessing: input {pp.input_size}, crop_pct {pp.crop_pct:.4g}, {pp.interpolation}, "
+        f"mean {pp.mean}, std {pp.std}"
+    )
+    if args.verify:
+        status = _verify(args, model, variables, info)
+        if status:
+            print(f"nothing written to {out}", file=sys.stderr)
+            return status
+        save_pretrained(out, model, variables, info.preprocessing, source=info.source(), overwrite=args.overwrite)
+        seconds = time.perf_counter() - start
+    print(f"wrote {out} in {seconds:.1f}s  (flax_effnet.load_pretrained({str(out)!r}))")
+    return 0
+
+
+def _verify(args, model, variables, info) -> int:
+    """0 when the logits agree (or no reference is importable), 1 on error, 2 on a mismatch."""
+    from flax_effnet.convert.io import read_checkpoint
+    from flax_effnet.convert.verify import verify
+
+    try:
+        ckpt = read_checkpoint(args.src, use_ema=args.use_ema, unsafe=args.unsafe)
+        result = verify(ckpt.tensors, model, variables, info, input_size=args.verify_size)
+    except ConversionError as e:
+        print(f"convert_torch_weights: verify failed: {e}", file=sys.stderr)
+        return 1
+    if result is None:
+        print(f"verify: no importable PyTorch implementation of format {info.format}; skipped")
+        return 0
+    print(result.report())
+    if result.max_logit_diff is not None and (result.max_logit_diff > 1e-3 or not result.top1_agree):
+        print("verify: MISMATCH", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""`--verify`: run the PyTorch reference and the converted Flax model on one input, compare.
+
+For torchvision, timm and efficientnet_pytorch checkpoints the real PyTorch code is built
+(when importable), loaded with the same tensors (`strict=True`), and run in eval mode on a
+random normalised image; the Flax model gets the same image in NHWC. Reported: max |logit
+difference|, whether top-1 agrees, and the max difference of each of the seven stage outputs,
+so a mismatch says where it starts. The seed formats have no importable package; their
+equivalence is proven by the test suite's reference modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from flax_effnet.model import EfficientNet
+from flax_effnet.specs import scale_network
+
+from flax_effnet.convert.api import ConversionInfo
+from flax_effnet.convert.errors import ConversionError
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """Differences between PyTorch and Flax outputs on the same input."""
+
+    reference: str
+    input_size: int
+    max_logit_diff: float | None  # None when the classifier was replaced
+    top1_agree: bool | None
+    stage_diffs: list[float]
+
+    def report(self) -> str:
+        stages = ", ".join(f"{d:.2e}" for d in self.stage_diffs)
+        if self.max_logit_diff is None:
+            head = "logits not compared (classifier replaced)"
+        else:
+            head = f"max |logit diff| {self.max_logit_diff:.3e}, top-1 {'agrees' if self.top1_agree else 'DIFFERS'}"
+        return f"verify vs {self.reference} at {self.input_size}x{self.input_size}: {head}; per-stage max diff [{stages}]"
+
+
+def import_torchvision():
+    """Import torchvision even where its compiled ops do not match the installed torch.
+
+    torchvision registers fake kernels for `torchvision::nms` at import; when its C++ library
+    fails to load (a CPU torch build newer than the wheel), that registration fails. Defining
+    the two op schemas, then importing again, is enough for the model code.
+    """
+    import torch
+
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import_torchvision._lib = lib  # keep the registration alive
+        import torchvision
+    return torchvision
+
+
+def last_block_indices(variant: str) -> list[int]:
+    """Global index of each stage's last block."""
+    net = scale_network(variant)
+    last = {b.stage: i for i, b in enumerate(net.blocks)}
+    return [last[s] for s in sorted(last)]
+
+
+def reference_model(format: str, variant: str, num_classes: int, image_size: int):
+    """The real PyTorch model of a format, untrained, in eval mode; None if not importable.
+
+    Returns:
+      (module, [stage modules]) or None.
+    """
+    try:
+        if format == "torchvision":
+            tv = import_torchvision()
+            m = getattr(tv.models, f"efficientnet_{variant}")(num_classes=num_classes)
+            stages = [m.features[s + 1] for s in range(7)]
+        elif format in ("timm", "timm_tf"):
+            import_torchvision()  # timm imports torchvision
+            import timm
+
+            name = ("tf_" if format == "timm_tf" else "") + f"efficientnet_{variant}"
+            m = timm.create_model(name, num_classes=num_classes)
+            stages = list(m.blocks)
+        elif format == "efficientnet_pytorch":
+            from efficientnet_pytorch import EfficientNet as EP
+
+            # SAME padding is frozen at build time: build it for the size it will be run at.
+            m = EP.from_name(f"efficientnet-{variant}", num_classes=num_classes, image_size=image_size)
+            stages = [m._blocks[i] for i in last_block_indices(variant)]
+        else:
+            return None
+    except ImportError:
+        return None
+    return m.eval(), stages
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(model: EfficientNet):
+    """One jitted apply per model config (jit caches per input shape inside)."""
+    last = {b.stage: f"blocks_{b.stage}_{b.index}" for b in scale_network(model.variant).blocks}
+    wanted = set(last.values())
+
+    def run(variables, x):
+        out, state = model.apply(
+            variables,
+            x,
+            capture_intermediates=lambda mdl, method: method == "__call__" and mdl.name in wanted,
+            mutable=["intermediates"],
+        )
+        inter = state["intermediates"]
+        return out, [inter[last[s]]["__call__"][0] for s in sorted(last)]
+
+    return jax.jit(run)
+
+
+def flax_logits_and_stages(model: EfficientNet, variables: Mapping, x: np.ndarray):
+    """Logits and the seven stage outputs (NHWC) of one jitted apply.
+
+    The stage outputs are those of `model.apply(..., return_stages=True)` (each stage's last
+    block), captured in the same pass as the logits so one compilation serves both.
+    """
+    out, stages = _jitted(model)(variables, x)
+    return np.asarray(out), [np.asarray(s) for s in stages]
+
+
+def torch_logits_and_stages(module, stage_modules, x_nchw: np.ndarray):
+    """Logits and stage outputs (converted to NHWC) of a PyTorch model in eval mode."""
+    import torch
+
+    captured = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: captured.append(o.detach())) for m in stage_modules]
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x_nchw))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out.numpy(), [c.permute(0, 2, 3, 1).numpy() for c in captured]
+
+
+def verify(
+    tensors: Mapping[str, np.ndarray],
+    model: EfficientNet,
+    variables: Mapping,
+    info: ConversionInfo,
+    *,
+    input_size: int = 128,
+    seed: int = 0,
+) -> VerifyResult | None:
+    """Compare the converted model with the PyTorch reference built from the same tensors.
+
+    Args:
+      tensors: the torch state_dict as read (prefix included; `info.prefix` is stripped).
+      model, variables, info: what `convert_state_dict` returned.
+      input_size: square input size; even, so SAME and symmetric padding differ.
+      seed: seed of the random input.
+
+    Returns:
+      A `VerifyResult`, or None when no PyTorch implementation of the format is importable.
+    """
+    import torch
+
+    n_ref = info.num_classes if info.classifier == "converted" else 1000
+    built = reference_model(info.format, info.variant, n_ref, input_size)
+    if built is None:
+        return None
+    module, stage_modules = built
+    p = info.prefix
+    state = {k[len(p):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith(p)}
+    if info.classifier != "converted":
+        # The file's classifier was dropped: keep the reference's own, compare features only.
+        own = module.state_dict()
+        for k in list(state):
+            if k not in own or own[k].shape != state[k].shape:
+                state.pop(k)
+        state.update({k: v for k, v in own.items() if k not in state})
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConversionError(f"--verify: the reference {info.format} model rejects the tensors: {e}") from None
+    x = np.random.default_rng(seed).standard_normal((2, 3, input_size, input_size)).astype(np.float32)
+    t_logits, t_stages = torch_logits_and_stages(module, stage_modules, x)
+    f_logits, f_stages = flax_logits_and_stages(model, variables, x.transpose(0, 2, 3, 1))
+    stage_diffs = [float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(t_stages, f_stages)]
+    if info.classifier == "converted":
+        diff = float(np.max(np.abs(t_logits - f_logits)))
+        agree = bool(np.all(t_logits.argmax(-1) == f_logits.argmax(-1)))
+    else:
+        diff, agree = None, None
+    return VerifyResult(type(module).__module__ + "." + type(module).__name__, input_size, diff, agree, stage_diffs)
