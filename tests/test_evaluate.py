@@ -108,7 +108,7 @@ def _build_tiny_tfds(data_dir, examples, class_names):
             import importlib_resources  # noqa: F401 - the backport, when installed
         except ImportError:
             sys.modules["importlib_resources"] = importlib.resources
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
 
     class TinyEvalImages(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
@@ -154,7 +154,7 @@ def test_tfds_split_top1_top5_match_direct_computation(predictor, tmp_path):
 
 
 def test_tfds_dataset_that_is_not_prepared_says_so(predictor, tmp_path, capsys, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     calls = []
     real_data_source = tfds.data_source
 

@@ -115,7 +115,6 @@ def test_cli_table_shows_each_image_with_ranked_class_names(checkpoint, mixed_fo
 
 
 def test_cli_save_plot_writes_a_png_per_image(checkpoint, mixed_folder, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     _, good = mixed_folder
     plots = tmp_path / "plots"
     rc = predict_main(

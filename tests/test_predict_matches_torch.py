@@ -9,98 +9,24 @@ from __future__ import annotations
 
 import json
 
+import efficientnet_pytorch
 import numpy as np
 import pytest
 import torch
 from infer_helpers import random_image
 from PIL import Image
 
-from flax_effnet import EfficientNet, Preprocessing, save_pretrained, scale_network
+from flax_effnet import Preprocessing, save_pretrained
+from flax_effnet.convert import convert_state_dict
 from flax_effnet.infer.cli import predict_main
 from flax_effnet.infer.predict import imagenet_class_names
 from flax_effnet.preprocessing import INCEPTION_MEAN, INCEPTION_STD, eval_transform
-
-efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
 
 SIZE = 64
 PREP = Preprocessing(
     SIZE, crop_pct=0.875, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD
 )
 TOP_K = 5
-
-
-# --- STAND-IN for flax_effnet.convert ------------------------------------------------------
-# Until the converter lands (convert branch), this small explicit table maps an
-# efficientnet_pytorch b0 state_dict onto our variables. Replace it with
-# `flax_effnet.convert` when merging; the test below should not need any other change.
-
-
-def _conv(w):  # torch OIHW -> flax HWIO
-    return w.transpose(2, 3, 1, 0)
-
-
-def _depthwise(w):  # torch (C, 1, k, k) -> ours (k, k, 1, C)
-    return w.transpose(2, 3, 1, 0)
-
-
-def _dense_1x1(w):  # SE 1x1 conv (out, in, 1, 1) -> Dense (in, out)
-    return w[:, :, 0, 0].T
-
-
-def _bn(torch_prefix: str, flax_path: str) -> dict:
-    return {
-        f"params/{flax_path}/scale": (f"{torch_prefix}.weight", None),
-        f"params/{flax_path}/bias": (f"{torch_prefix}.bias", None),
-        f"batch_stats/{flax_path}/mean": (f"{torch_prefix}.running_mean", None),
-        f"batch_stats/{flax_path}/var": (f"{torch_prefix}.running_var", None),
-    }
-
-
-def standin_key_table() -> dict[str, tuple[str, object]]:
-    """flax '/'-path -> (efficientnet_pytorch key, layout transform) for b0."""
-    table = {"params/stem/conv/kernel": ("_conv_stem.weight", _conv), **_bn("_bn0", "stem/bn")}
-    for i, spec in enumerate(scale_network("b0").blocks):  # efficientnet_pytorch's list is flat
-        t, f = f"_blocks.{i}", f"blocks_{spec.stage}_{spec.index}"
-        if spec.expanded_channels != spec.in_channels:
-            table[f"params/{f}/conv_exp/kernel"] = (f"{t}._expand_conv.weight", _conv)
-            table.update(_bn(f"{t}._bn0", f"{f}/bn_exp"))
-        table[f"params/{f}/conv_dw/kernel"] = (f"{t}._depthwise_conv.weight", _depthwise)
-        table.update(_bn(f"{t}._bn1", f"{f}/bn_dw"))
-        for ours, theirs in (("reduce", "_se_reduce"), ("expand", "_se_expand")):
-            table[f"params/{f}/se/{ours}/kernel"] = (f"{t}.{theirs}.weight", _dense_1x1)
-            table[f"params/{f}/se/{ours}/bias"] = (f"{t}.{theirs}.bias", None)
-        table[f"params/{f}/conv_pwl/kernel"] = (f"{t}._project_conv.weight", _conv)
-        table.update(_bn(f"{t}._bn2", f"{f}/bn_pwl"))
-    table["params/head/conv/kernel"] = ("_conv_head.weight", _conv)
-    table.update(_bn("_bn1", "head/bn"))
-    table["params/classifier/kernel"] = ("_fc.weight", lambda w: w.T)  # Linear (out, in)
-    table["params/classifier/bias"] = ("_fc.bias", None)
-    return table
-
-
-def standin_convert(state_dict: dict, model: EfficientNet, size: int) -> dict:
-    """Strict: every flax leaf filled with the right shape, every torch tensor used."""
-    import jax
-    from flax import traverse_util
-
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
-    )
-    expected = traverse_util.flatten_dict(shapes, sep="/")
-    table = standin_key_table()
-    assert set(table) == set(expected), set(table) ^ set(expected)
-    torch_keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
-    assert {k for k, _ in table.values()} == torch_keys
-    flat = {}
-    for path, (key, fn) in table.items():
-        value = state_dict[key].detach().numpy()
-        value = fn(value) if fn else value
-        assert value.shape == expected[path].shape, (path, key, value.shape, expected[path].shape)
-        flat[path] = np.ascontiguousarray(value, np.float32)
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-# --- end of stand-in ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +54,8 @@ def torch_model():
 
 @pytest.fixture(scope="module")
 def checkpoint(torch_model, tmp_path_factory):
-    model = EfficientNet("b0", num_classes=1000, padding="same", bn_epsilon=1e-3)
-    variables = standin_convert(torch_model.state_dict(), model, SIZE)
+    model, variables, info = convert_state_dict(torch_model.state_dict())
+    assert (info.format, info.variant, model.padding) == ("efficientnet_pytorch", "b0", "same")
     # No class names: a 1000-class checkpoint gets the packaged ImageNet names.
     return save_pretrained(
         tmp_path_factory.mktemp("ckpt") / "b0_random",
