@@ -276,7 +276,9 @@ def _read_torch(path: Path, *, use_ema: bool, unsafe: bool) -> Checkpoint:
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Unsupported global" not in msg and "GLOBAL" not in msg:
-            raise CheckpointReadError(f"cannot read {path}: truncated or corrupt ({_first_line(msg)})") from None
+            raise CheckpointReadError(
+                f"cannot read {path}: truncated, corrupt, or not a PyTorch checkpoint{_unpickler_reason(msg)}"
+            ) from None
         if not unsafe:
             what = "a pickled Python object, not just tensors"
             detail = _first_global(msg)
@@ -314,6 +316,16 @@ def _load_unsafe(torch, path: Path):
 
 def _first_line(msg: str) -> str:
     return msg.strip().splitlines()[0][:300] if msg.strip() else ""
+
+
+def _unpickler_reason(msg: str) -> str:
+    """The unpickler's own reason from torch's weights_only error, without its advice to
+    retry with weights_only=False (which would run code from an untrusted file)."""
+    for line in msg.splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
+            return f" ({reason})" if reason else ""
+    return ""
 
 
 def _first_global(msg: str) -> str:

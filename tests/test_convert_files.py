@@ -206,6 +206,7 @@ def test_corrupt_files_give_clear_errors(b0, tmp_path, damage, capsys):
     assert _cli(src, "-o", tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and ("truncated" in err or "empty" in err or "corrupt" in err)
+    assert "weights_only" not in err  # never advise running code from a corrupt file
     _no_leftovers(tmp_path, tmp_path / "out")
 
 
