@@ -105,6 +105,15 @@ class EvalTransform(grain.transforms.Map):
         }
 
 
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags; outside `absl.app.run` nobody parsed them,
+    so mark them parsed (with their defaults) before starting workers."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def process_batch_size(global_batch_size: int) -> int:
     """This process's share of a global batch."""
     count = jax.process_count()
@@ -140,6 +149,8 @@ def train_loader(
         num_epochs=None,
         seed=seed,
     )
+    if num_workers:
+        _absl_flags_ready()
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
@@ -170,6 +181,8 @@ def eval_batches(
 ) -> Iterator[dict]:
     """This process's eval batches, each padded to full size with a boolean `mask`."""
     local = process_batch_size(global_batch_size)
+    if num_workers:
+        _absl_flags_ready()
     loader = grain.DataLoader(
         data_source=source,
         sampler=grain.samplers.IndexSampler(
