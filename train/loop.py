@@ -165,12 +165,14 @@ def evaluate(eval_fn, params, batch_stats, eval_data, mesh) -> dict[str, float]:
             "loss": float(total["loss"]) / n, "count": n}
 
 
-def _finite_or_raise(loss: float, step: int, last_saved: int | None, ckpt_dir: Path) -> None:
-    if not math.isfinite(loss):
+def _finite_or_raise(metrics: dict[str, float], step: int, last_saved: int | None, ckpt_dir: Path) -> None:
+    loss = metrics["loss"]
+    if not (math.isfinite(loss) and metrics["finite"]):
         where = (f"the last good checkpoint is step {last_saved} in {ckpt_dir}" if last_saved is not None
                  else "no checkpoint was saved yet")
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopping without saving ({where}). "
+            f"non-finite {'loss' if not math.isfinite(loss) else 'parameters after the update'} at "
+            f"step {step} (loss {loss}); stopping without saving ({where}). "
             "Lower --learning-rate, raise --warmup-epochs or set --grad-clip-norm."
         )
 
@@ -316,7 +318,7 @@ def train_and_evaluate(
         pstep, pmetrics = pending
         pending = None
         last_host = {k: float(v) for k, v in jax.device_get(pmetrics).items()}
-        _finite_or_raise(last_host["loss"], pstep, last_saved, ckpt.directory)
+        _finite_or_raise(last_host, pstep, last_saved, ckpt.directory)
         window["loss"].append(last_host["loss"])
         window["accuracy"].append(last_host["accuracy"])
 

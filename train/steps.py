@@ -41,7 +41,7 @@ def train_step(
     ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch. Returns the new state and scalar metrics
-    (loss before the update, batch top-1, LR used, gradient norm)."""
+    (loss before the update, batch top-1, LR used, gradient norm, all-finite flag)."""
     rngs = step_rngs(state.rng, state.step)
 
     def loss_fn(params):
@@ -68,6 +68,8 @@ def train_step(
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "learning_rate": schedule(state.step),
         "grad_norm": optax.global_norm(grads),
+        # The loop refuses to go on (or save) unless the loss and every new parameter are finite.
+        "finite": jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
     }
     return new_state, metrics
 
