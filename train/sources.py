@@ -132,7 +132,7 @@ def open_image_folder(root: str | os.PathLike, val_fraction: float = 0.2) -> Dat
 
 
 def open_dataset(data_dir: str, val_fraction: float = 0.2) -> DatasetSplits:
-    """The dataset named by the config: an image folder, or the built-in shapes when empty."""
+    """The dataset named by the config: an image folder, or the built-in patterns when empty."""
     if not data_dir:
         splits = open_image_folder(default_dataset.ensure_dataset())
         return dataclasses.replace(splits, description=default_dataset.DESCRIPTION)
