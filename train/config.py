@@ -111,7 +111,7 @@ PRESETS: dict[str, dict] = {
         drop_path_rate=0.0,
         bn_momentum=0.9,  # 440 steps: the TF 0.99 running averages would lag behind
         crop_pct=0.875,
-        crop_area_min=0.25,  # an 8 % crop of an 80 px image holds barely two pattern periods
+        crop_area_min=0.4,  # an 8 % crop holds barely two periods, and zooms far past eval's scale
         batch_size=64,
         num_epochs=20.0,
         warmup_epochs=1.0,
@@ -121,8 +121,8 @@ PRESETS: dict[str, dict] = {
         weight_decay=5e-5,
         label_smoothing=0.1,
         ema_decay=0.99,
-        eval_every_steps=0,
-        checkpoint_every_steps=100,
+        eval_every_steps=110,  # every 5 epochs
+        checkpoint_every_steps=110,
         log_every_steps=5,
     ),
 }

@@ -269,7 +269,7 @@ def train_and_evaluate(
     if data.val is not None:
         eval_data = input_pipeline.EvalData(
             data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
-            num_workers=0,
+            num_workers=config.num_workers,
         )
 
     writer = MetricWriter(workdir)
