@@ -1,13 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the main job. Until the trainer lands: a forward-pass demo.
+# Set up (scripts/setup.sh) and run the main job: the default training run (the built-in
+# procedurally generated patterns dataset, EfficientNet "tiny" at 64 px; see README "Training").
+# Extra arguments go to train_efficientnet, e.g. `bash scripts/train.sh --data-dir flowers`.
+# Rerunning resumes from the run's workdir (default runs/patterns-tiny); remove it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -c "
-import jax, jax.numpy as jnp
-from flax_effnet import EfficientNet
-model = EfficientNet('b0', num_classes=1000)
-x = jnp.zeros((2, 224, 224, 3))
-variables = model.init(jax.random.key(0), x)
-print('b0 logits', model.apply(variables, x).shape)
-"
+exec .venv/bin/python -m flax_effnet.train "$@"

@@ -1,0 +1,236 @@
+"""Input pipeline: grain loaders over a data source, Inception crops for training, eval crops.
+
+Training: an infinite, per-epoch reshuffled `grain.samplers.IndexSampler` sharded by JAX
+process, records decoded and augmented in grain worker processes (random resized crop with
+area 0.08-1 and aspect 3/4-4/3, as in Szegedy et al. 2015 / torchvision
+`RandomResizedCrop`; horizontal flip), normalised by mean/std, batched per process. Each
+record's randomness comes from grain (sampler seed and position), so a batch does not depend
+on the number of workers, and the loader's `get_state()` lets a resumed run continue the
+data order exactly.
+
+Eval: `flax_effnet.preprocessing.eval_transform` (resize to size/crop_pct, centre crop), in a
+fixed order, padded to whole batches with a `mask` so every process runs the same number of
+steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from flax_effnet.preprocessing import Preprocessing, eval_transform, normalize, resample
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSpec:
+    """Random resized crop and flip parameters."""
+
+    area: tuple[float, float] = (0.08, 1.0)
+    aspect: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip: bool = True
+
+
+def decode(image: Any) -> Image.Image:
+    """Encoded bytes (image folders) or an HWC uint8 array (e.g. TFDS) -> RGB PIL image."""
+    if isinstance(image, (bytes, bytearray)):
+        pil = Image.open(io.BytesIO(image))
+    else:
+        pil = Image.fromarray(np.asarray(image))
+    return pil.convert("RGB")
+
+
+def random_crop_box(width: int, height: int, crop: CropSpec, rng: np.random.Generator):
+    """(left, top, right, bottom) of an Inception crop: torchvision's 10 tries, then centre."""
+    area = width * height
+    log_ratio = (math.log(crop.aspect[0]), math.log(crop.aspect[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*crop.area)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    # Fallback: the largest centre crop within the aspect range.
+    in_ratio = width / height
+    if in_ratio < crop.aspect[0]:
+        w, h = width, int(round(width / crop.aspect[0]))
+    elif in_ratio > crop.aspect[1]:
+        w, h = int(round(height * crop.aspect[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Decode, random resized crop, flip, normalise: {'image': float32 HWC, 'label', 'index'}."""
+
+    def __init__(self, prep: Preprocessing, crop: CropSpec):
+        self.prep, self.crop = prep, crop
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        image = decode(element["image"])
+        box = random_crop_box(*image.size, self.crop, rng)
+        size = self.prep.input_size
+        image = image.resize((size, size), resample(self.prep.interpolation), box=box)
+        if self.crop.hflip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return {
+            "image": normalize(np.asarray(image), self.prep),
+            "label": np.int32(element["label"]),
+            "index": np.int64(element["index"]),
+        }
+
+
+class EvalTransform(grain.transforms.Map):
+    """Decode and `eval_transform` (resize, centre crop, normalise)."""
+
+    def __init__(self, prep: Preprocessing):
+        self.prep = prep
+
+    def map(self, element: dict) -> dict:
+        return {
+            "image": eval_transform(decode(element["image"]), self.prep),
+            "label": np.int32(element["label"]),
+            "index": np.int64(element["index"]),
+        }
+
+
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags; outside `absl.app.run` nobody parsed them,
+    so mark them parsed (with their defaults) before starting workers."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def process_batch_size(global_batch_size: int) -> int:
+    """This process's share of a global batch."""
+    count = jax.process_count()
+    if global_batch_size % count:
+        raise ValueError(f"batch size {global_batch_size} is not divisible by {count} processes")
+    return global_batch_size // count
+
+
+def _shard_options(drop_remainder: bool) -> grain.sharding.ShardOptions:
+    return grain.sharding.ShardOptions(
+        shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=drop_remainder
+    )
+
+
+def train_loader(
+    source,
+    *,
+    global_batch_size: int,
+    prep: Preprocessing,
+    crop: CropSpec,
+    seed: int,
+    num_workers: int = 0,
+) -> grain.DataLoader:
+    """An endless loader of this process's training batches (reshuffled every epoch).
+
+    `iter(loader)` gives an iterator with `get_state()`/`set_state()` (checkpointed with
+    `grain.checkpoint.CheckpointSave`).
+    """
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=_shard_options(drop_remainder=True),
+        shuffle=True,
+        num_epochs=None,
+        seed=seed,
+    )
+    if num_workers:
+        _absl_flags_ready()
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=[
+            TrainTransform(prep, crop),
+            grain.transforms.Batch(process_batch_size(global_batch_size), drop_remainder=True),
+        ],
+        worker_count=num_workers,
+        worker_buffer_size=2,
+    )
+
+
+def num_eval_batches(num_records: int, global_batch_size: int) -> int:
+    """Eval steps every process runs: enough for the largest process shard."""
+    per_process = -(-num_records // jax.process_count())
+    return max(1, -(-per_process // process_batch_size(global_batch_size)))
+
+
+def _pad(batch: dict, size: int) -> dict:
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = np.arange(size) < n
+    return out
+
+
+def eval_batches(
+    source, *, global_batch_size: int, prep: Preprocessing, num_workers: int = 0
+) -> Iterator[dict]:
+    """This process's eval batches, each padded to full size with a boolean `mask`."""
+    local = process_batch_size(global_batch_size)
+    if num_workers:
+        _absl_flags_ready()
+    loader = grain.DataLoader(
+        data_source=source,
+        sampler=grain.samplers.IndexSampler(
+            num_records=len(source),
+            shard_options=_shard_options(drop_remainder=False),
+            shuffle=False,
+            num_epochs=1,
+        ),
+        operations=[EvalTransform(prep), grain.transforms.Batch(local, drop_remainder=False)],
+        worker_count=num_workers,
+    )
+    it = iter(loader)
+    size = prep.input_size
+    empty = {
+        "image": np.zeros((0, size, size, 3), np.float32),
+        "label": np.zeros((0,), np.int32),
+        "index": np.zeros((0,), np.int64),
+    }
+    for _ in range(num_eval_batches(len(source), global_batch_size)):
+        yield _pad(next(it, empty), local)
+
+
+class EvalData:
+    """Eval batches, held in memory after the first pass when they are small (<= max_bytes)."""
+
+    def __init__(self, source, *, global_batch_size: int, prep: Preprocessing,
+                 num_workers: int = 0, max_bytes: int = 1 << 29):
+        self.source, self.prep, self.num_workers = source, prep, num_workers
+        self.global_batch_size = global_batch_size
+        local = process_batch_size(global_batch_size)
+        nbytes = num_eval_batches(len(source), global_batch_size) * local * prep.input_size**2 * 12
+        self._cacheable = nbytes <= max_bytes
+        self._cache: list[dict] | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        collected = []
+        # A set small enough to cache is decoded once, in-process: not worth starting workers.
+        workers = 0 if self._cacheable else self.num_workers
+        for batch in eval_batches(self.source, global_batch_size=self.global_batch_size,
+                                  prep=self.prep, num_workers=workers):
+            if self._cacheable:
+                collected.append(batch)
+            yield batch
+        if self._cacheable:
+            self._cache = collected

@@ -1,0 +1,408 @@
+"""The training loop: data, model, state, jitted steps, eval, checkpoints, export.
+
+`train_and_evaluate(config)` runs (or resumes) one training run in `config.workdir`:
+
+  WORKDIR/config.json       the resolved config
+  WORKDIR/class_names.json  class index -> name (index order of the labels)
+  WORKDIR/checkpoints/N/    orbax checkpoints (state, data iterator position, meta)
+  WORKDIR/metrics.jsonl     train and eval metrics, one JSON object per line
+  WORKDIR/tb/               TensorBoard event files
+  WORKDIR/export/           final weights for `load_pretrained` / the predictor
+  WORKDIR/summary.json      best/last accuracy, wall time, paths
+
+Steps are `jax.jit`-compiled with `NamedSharding`s over a 1-D `data` mesh of all devices:
+the batch sharded, the state replicated and donated. No pmap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from flax_effnet.model import EfficientNet
+from flax_effnet.preprocessing import Preprocessing
+from flax_effnet.pretrained import load_pretrained_full, save_pretrained
+from flax_effnet.train import config as config_lib
+from flax_effnet.train import input_pipeline, optim, sharding, sources, state as state_lib, steps
+from flax_effnet.train.checkpoint import Checkpointer, PreemptionFlag
+from flax_effnet.train.metrics import MetricWriter
+
+# Config fields that may change between a run and its resumption without changing the run.
+_RESUME_FREE_FIELDS = {"num_workers", "progress_bar", "log_every_steps", "eval_every_steps",
+                       "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "workdir"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops without saving."""
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """What the loop derives from the config and the dataset once."""
+
+    model: EfficientNet
+    prep: Preprocessing
+    crop: input_pipeline.CropSpec
+    pretrained_variables: dict | None
+    pretrained_note: str
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    eval_every: int
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def log(msg: str) -> None:
+    if _is_main():
+        tqdm.write(msg)
+
+
+def compute_dtype(name: str):
+    """'auto': bfloat16 compute where the backend is made for it (GPU/TPU), float32 on CPU."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be auto, float32 or bfloat16, got {name!r}")
+    return jnp.dtype(name)
+
+
+def build_model(config: config_lib.Config, num_classes: int):
+    """(model, preprocessing, pretrained variables or None, note) for this run.
+
+    Fine-tuning takes the architecture (variant, padding, BN epsilon/momentum) and the
+    normalisation (mean, std, interpolation, crop_pct) from the pretrained directory: they
+    describe how those weights were trained. Resolution and dropout stay the config's.
+    """
+    dtype = compute_dtype(config.compute_dtype)
+    if config.pretrained:
+        loaded = load_pretrained_full(config.pretrained)
+        base, p = loaded.model, loaded.preprocessing
+        size = config.image_size or p.input_size
+        model = EfficientNet(
+            variant=base.variant, num_classes=num_classes, padding=base.padding,
+            bn_epsilon=base.bn_epsilon, bn_momentum=base.bn_momentum,
+            dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
+            drop_path_rate=config.drop_path_rate, dtype=dtype,
+        )
+        prep = Preprocessing(size, config.crop_pct or p.crop_pct, p.interpolation, p.mean, p.std)
+        old = base.num_classes
+        note = (f"fine-tuning from {config.pretrained} (variant {getattr(base.variant, 'name', base.variant)}, "
+                f"{old} classes" + (f"; classifier re-initialised for {num_classes})" if old != num_classes else ")"))
+        return model, prep, loaded.variables, note
+    spec = config_lib.resolved_variant(config)
+    model = EfficientNet(
+        variant=spec if spec.name not in config_lib.VARIANTS else spec.name,
+        num_classes=num_classes, padding=config.padding,
+        bn_epsilon=config.bn_epsilon, bn_momentum=config.bn_momentum,
+        dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
+        drop_path_rate=config.drop_path_rate, dtype=dtype,
+    )
+    prep = Preprocessing(config_lib.image_size(config), config_lib.crop_pct(config),
+                         config.interpolation, tuple(config.mean), tuple(config.std))
+    return model, prep, None, "training from scratch"
+
+
+def plan(config: config_lib.Config, num_train: int, num_classes: int) -> RunSetup:
+    """Model, preprocessing, and every duration converted to steps."""
+    model, prep, pretrained, note = build_model(config, num_classes)
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{num_train} training images are fewer than one batch of {config.batch_size}")
+    total = config.num_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
+    return RunSetup(
+        model=model,
+        prep=prep,
+        crop=input_pipeline.CropSpec((config.crop_area_min, config.crop_area_max),
+                                     (config.crop_aspect_min, config.crop_aspect_max), config.hflip),
+        pretrained_variables=pretrained,
+        pretrained_note=note,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        peak_lr=optim.peak_learning_rate(config.learning_rate, config.batch_size),
+        eval_every=config.eval_every_steps or steps_per_epoch,
+    )
+
+
+def _check_resume_config(workdir: Path, config: config_lib.Config) -> None:
+    """A resumed run should be the same run: say loudly which fields changed."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    now = config_lib.to_dict(config)
+    changed = {k: (saved.get(k), v) for k, v in now.items()
+               if k not in _RESUME_FREE_FIELDS and json.loads(json.dumps(v)) != saved.get(k)}
+    if changed:
+        log(f"WARNING: resuming {workdir} with a changed config: "
+            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def evaluate(eval_fn, params, batch_stats, eval_data, mesh) -> dict[str, float]:
+    """top1, top5 (fractions) and mean loss over the whole eval set."""
+    total = None
+    for local in eval_data:
+        batch = sharding.global_batch({k: local[k] for k in ("image", "label", "mask")}, mesh)
+        sums = eval_fn(params, batch_stats, batch)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    n = max(float(total["count"]), 1.0)
+    return {"top1": float(total["top1"]) / n, "top5": float(total["top5"]) / n,
+            "loss": float(total["loss"]) / n, "count": n}
+
+
+def _finite_or_raise(metrics: dict[str, float], step: int, last_saved: int | None, ckpt_dir: Path) -> None:
+    loss = metrics["loss"]
+    if not (math.isfinite(loss) and metrics["finite"]):
+        where = (f"the last good checkpoint is step {last_saved} in {ckpt_dir}" if last_saved is not None
+                 else "no checkpoint was saved yet")
+        raise NonFiniteLossError(
+            f"non-finite {'loss' if not math.isfinite(loss) else 'parameters after the update'} at "
+            f"step {step} (loss {loss}); stopping without saving ({where}). "
+            "Lower --learning-rate, raise --warmup-epochs or set --grad-clip-norm."
+        )
+
+
+def train_and_evaluate(
+    config: config_lib.Config,
+    *,
+    batch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run described by `config`; returns the summary dict.
+
+    Args:
+      config: the resolved config.
+      batch_callback: called as `callback(step, local_batch)` with each training batch before
+        its step (tests record the data order with it).
+
+    Returns:
+      The summary (also written to WORKDIR/summary.json): best/last eval accuracy, steps,
+      wall time, checkpoint and export paths, `preempted`.
+    """
+    t_start = time.time()
+    workdir = Path(config.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = sources.open_dataset(config.data_dir, config.val_fraction)
+    class_names = list(data.class_names)
+    num_classes = len(class_names)
+    setup = plan(config, len(data.train), num_classes)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    repl = sharding.replicated(mesh)
+    model, prep = setup.model, setup.prep
+
+    log(f"data: {data.description}")
+    log(f"model: EfficientNet {getattr(model.variant, 'name', model.variant)} "
+        f"({'custom ' + str(model.variant) if not isinstance(model.variant, str) else 'preset'}), "
+        f"{num_classes} classes, {prep.input_size} px, compute {jnp.dtype(model.dtype).name}; "
+        f"{setup.pretrained_note}")
+    log(f"schedule: {setup.total_steps} steps ({setup.steps_per_epoch}/epoch), global batch "
+        f"{config.batch_size} on {mesh.devices.size} {jax.default_backend()} device(s) in "
+        f"{jax.process_count()} process(es), {config.optimizer} peak LR {setup.peak_lr:g}, "
+        f"warmup {setup.warmup_steps} steps, EMA {config.ema_decay or 'off'}")
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        _check_resume_config(workdir, config)
+    if _is_main():
+        config_lib.save_config(config, workdir / "config.json")
+        (workdir / "class_names.json").write_text(json.dumps(class_names, indent=1) + "\n")
+
+    schedule = optim.learning_rate_schedule(setup.peak_lr, setup.warmup_steps, setup.total_steps,
+                                            config.end_lr_ratio)
+    tx = optim.make_optimizer(
+        config.optimizer, schedule, momentum=config.momentum, nesterov=config.nesterov,
+        rmsprop_decay=config.rmsprop_decay, rmsprop_eps=config.rmsprop_eps, adam_b2=config.adam_b2,
+        weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
+        freeze_backbone=config.freeze_backbone,
+    )
+    use_ema = config.ema_decay > 0
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+    train_iter = iter(input_pipeline.train_loader(
+        data.train, global_batch_size=config.batch_size, prep=prep, crop=setup.crop,
+        seed=config.seed, num_workers=config.num_workers,
+    ))
+    meta = {"class_names": class_names, "best": {}}
+    if latest is not None:
+        abstract = state_lib.abstract_train_state(model, prep.input_size, tx, ema=use_ema, sharding=repl)
+        state, saved_meta = ckpt.restore(latest, abstract, train_iter)
+        if saved_meta.get("class_names") != class_names:
+            raise ValueError(f"{workdir} was trained on classes {saved_meta.get('class_names')}, "
+                             f"the data now has {class_names}: use another --workdir")
+        meta["best"] = saved_meta.get("best", {})
+        log(f"resumed from {ckpt.step_path(latest)} (step {latest})")
+    else:
+        variables = state_lib.init_variables(model, prep.input_size, init_rng, repl)
+        if setup.pretrained_variables is not None:
+            merged, reinit = state_lib.merge_pretrained(variables, setup.pretrained_variables)
+            if reinit:
+                log(f"re-initialised: {', '.join(reinit)}")
+            variables = jax.device_put(merged, repl)
+        state = state_lib.create_train_state(variables, tx, train_rng, ema=use_ema, sharding=repl)
+    start_step = int(jax.device_get(state.step))
+
+    data_sh = sharding.data_sharding(mesh)
+    train_fn = jax.jit(
+        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, num_classes=num_classes,
+                          label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
+        in_shardings=(repl, data_sh), out_shardings=(repl, repl), donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, num_classes=num_classes),
+                      in_shardings=(repl, repl, data_sh), out_shardings=repl)
+    eval_data = None
+    if data.val is not None:
+        eval_data = input_pipeline.EvalData(
+            data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
+            num_workers=config.num_workers,
+        )
+
+    writer = MetricWriter(workdir)
+    preempt = PreemptionFlag()
+    last_eval: dict[str, float] = {}
+    last_saved = latest
+    preempted = False
+    step = start_step
+
+    def run_eval(step: int) -> None:
+        nonlocal last_eval
+        if eval_data is None:
+            return
+        results = {"eval": evaluate(eval_fn, state.params, state.batch_stats, eval_data, mesh)}
+        if use_ema:
+            results["ema"] = evaluate(eval_fn, state.ema_params, state.ema_batch_stats, eval_data, mesh)
+        scalars = {}
+        for group, r in results.items():
+            scalars.update({f"{group}/top1": r["top1"], f"{group}/top5": r["top5"], f"{group}/loss": r["loss"]})
+            best = meta["best"].get(group)
+            if best is None or r["top1"] > best["top1"]:
+                meta["best"][group] = {"top1": r["top1"], "top5": r["top5"], "step": step}
+        last_eval = {"step": step, **scalars}
+        writer.write(step, scalars)
+        log(f"step {step}: " + ", ".join(
+            f"{g} top1 {r['top1']:.2%} top5 {r['top5']:.2%} loss {r['loss']:.3f}" for g, r in results.items()))
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if last_saved == step:
+            return
+        ckpt.save(step, state, train_iter, meta)
+        last_saved = step
+
+    bar = tqdm(total=setup.total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (config.progress_bar and _is_main()))
+    pending = None  # (step, device metrics) not yet fetched: fetched one step late, no stall
+    window: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    last_host: dict[str, float] = {}
+    t_window, n_window = time.time(), 0
+
+    def flush_pending() -> None:
+        nonlocal pending, last_host
+        if pending is None:
+            return
+        pstep, pmetrics = pending
+        pending = None
+        last_host = {k: float(v) for k, v in jax.device_get(pmetrics).items()}
+        _finite_or_raise(last_host, pstep, last_saved, ckpt.directory)
+        window["loss"].append(last_host["loss"])
+        window["accuracy"].append(last_host["accuracy"])
+
+    try:
+        for step in range(start_step, setup.total_steps):
+            local = next(train_iter)
+            if batch_callback is not None:
+                batch_callback(step, local)
+            batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
+            state, metrics = train_fn(state, batch)
+            flush_pending()  # the previous step's metrics, while this one runs
+            pending = (step, metrics)
+            n_window += 1
+            bar.update(1)
+            done = step + 1
+            needs_eval = done % setup.eval_every == 0 or done == setup.total_steps
+            needs_save = done % config.checkpoint_every_steps == 0 or done == setup.total_steps
+            stop = preempt.should_stop(done)
+            logged = done % config.log_every_steps == 0 or needs_eval or needs_save or stop
+            if logged:
+                flush_pending()  # never evaluate or save a state whose loss was not finite
+                elapsed = time.time() - t_window
+                scalars = {
+                    "train/loss": float(np.mean(window["loss"])),
+                    "train/accuracy": float(np.mean(window["accuracy"])),
+                    "train/learning_rate": last_host["learning_rate"],
+                    "train/grad_norm": last_host["grad_norm"],
+                    "train/images_per_sec": n_window * config.batch_size / max(elapsed, 1e-9),
+                    "train/epoch": done / setup.steps_per_epoch,
+                }
+                writer.write(done, scalars)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", lr=f"{scalars['train/learning_rate']:.3g}",
+                                img_s=f"{scalars['train/images_per_sec']:.0f}")
+                window = {"loss": [], "accuracy": []}
+            if needs_eval:
+                run_eval(done)
+            if needs_save or stop:
+                save(done)
+            if logged:  # time the next window from here, after eval and save
+                t_window, n_window = time.time(), 0
+            if stop:
+                preempted = True
+                log(f"SIGTERM: saved step {done} to {ckpt.step_path(done)}; rerun the same command to resume")
+                break
+        else:
+            if not last_eval or last_eval["step"] != setup.total_steps:
+                run_eval(setup.total_steps)
+            save(setup.total_steps)
+    finally:
+        bar.close()
+        preempt.close()
+        writer.close()
+        ckpt.close()
+
+    summary: dict[str, Any] = {
+        "workdir": str(workdir),
+        "steps": int(jax.device_get(state.step)),
+        "total_steps": setup.total_steps,
+        "preempted": preempted,
+        "wall_time_s": round(time.time() - t_start, 1),
+        "best": meta["best"],
+        "last": last_eval,
+        "checkpoint": str(ckpt.step_path(last_saved)) if last_saved is not None else None,
+    }
+    if not preempted:
+        summary.update(_export(workdir / "export", model, prep, state, class_names, last_eval, use_ema, config))
+    if _is_main():
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, config) -> dict:
+    """Save the final weights for `load_pretrained`: EMA when enabled and at least as good."""
+    use = "raw"
+    if use_ema and last_eval.get("ema/top1", -1.0) >= last_eval.get("eval/top1", 0.0):
+        use = "ema"
+    params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use == "ema"
+                           else (state.params, state.batch_stats))
+    variables = jax.device_get({"params": params, "batch_stats": batch_stats})
+    if _is_main():
+        save_pretrained(
+            out, model.clone(dtype=jnp.float32), variables, prep, class_names=class_names, overwrite=True,
+            source={"format": "flax_effnet.train", "weights": use, "step": int(jax.device_get(state.step)),
+                    "top1": last_eval.get(f"{'ema' if use == 'ema' else 'eval'}/top1"),
+                    "data_dir": config.data_dir or "patterns-v1"},
+        )
+    return {"export": str(out), "exported_weights": use}
