@@ -7,10 +7,10 @@ import pytest
 from flax_effnet.train import config as config_lib
 
 
-def test_default_is_the_builtin_shapes_run():
+def test_default_is_the_builtin_patterns_run():
     c = config_lib.parse_args([])
     assert c.data_dir == "" and c.variant == "tiny" and config_lib.image_size(c) == 64
-    assert c.workdir == "runs/shapes-tiny"
+    assert c.workdir == "runs/patterns-tiny"
 
 
 def test_image_folder_defaults_to_b0_preset():

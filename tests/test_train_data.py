@@ -8,18 +8,18 @@ import pytest
 
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.train import default_dataset, input_pipeline, sources
-from train_testutil import small_shapes
+from train_testutil import small_patterns
 
 PREP = Preprocessing(input_size=32, crop_pct=0.875)
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return small_shapes(tmp_path_factory.mktemp("data"), train=8, val=3)
+def patterns(tmp_path_factory):
+    return small_patterns(tmp_path_factory.mktemp("data"), train=8, val=3)
 
 
-def test_train_val_layout(shapes):
-    d = sources.open_image_folder(shapes)
+def test_train_val_layout(patterns):
+    d = sources.open_image_folder(patterns)
     assert d.class_names == tuple(sorted(default_dataset.CLASSES))
     assert len(d.train) == 6 * 8 and len(d.val) == 6 * 3
     rec = d.train[0]
@@ -27,9 +27,9 @@ def test_train_val_layout(shapes):
     assert np.bincount(d.val.labels).tolist() == [3] * 6
 
 
-def test_single_folder_split_is_fixed_and_disjoint(shapes, tmp_path):
+def test_single_folder_split_is_fixed_and_disjoint(patterns, tmp_path):
     flat = tmp_path / "flat"
-    shutil.copytree(shapes / "train", flat)
+    shutil.copytree(patterns / "train", flat)
     a, b = sources.open_image_folder(flat, 0.25), sources.open_image_folder(flat, 0.25)
     assert a.train._paths == b.train._paths and a.val._paths == b.val._paths
     assert not set(a.train._paths) & set(a.val._paths)
@@ -37,9 +37,9 @@ def test_single_folder_split_is_fixed_and_disjoint(shapes, tmp_path):
     assert np.bincount(a.val.labels).tolist() == [2] * 6
 
 
-def test_val_with_unknown_class_is_an_error(shapes, tmp_path):
+def test_val_with_unknown_class_is_an_error(patterns, tmp_path):
     root = tmp_path / "bad"
-    shutil.copytree(shapes, root)
+    shutil.copytree(patterns, root)
     (root / "val" / "hexagon").mkdir()
     with pytest.raises(ValueError, match="hexagon"):
         sources.open_image_folder(root)
@@ -61,8 +61,8 @@ def _loader(source, seed=0):
                                        crop=input_pipeline.CropSpec(), seed=seed)
 
 
-def test_train_batches_are_deterministic_and_resumable(shapes):
-    src = sources.open_image_folder(shapes).train
+def test_train_batches_are_deterministic_and_resumable(patterns):
+    src = sources.open_image_folder(patterns).train
     it = iter(_loader(src))
     first = [next(it) for _ in range(3)]
     assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
@@ -83,8 +83,8 @@ def test_train_batches_are_deterministic_and_resumable(shapes):
     assert not np.array_equal(other["index"], first[0]["index"])
 
 
-def test_eval_batches_cover_the_set_once_with_a_mask(shapes):
-    src = sources.open_image_folder(shapes).val
+def test_eval_batches_cover_the_set_once_with_a_mask(patterns):
+    src = sources.open_image_folder(patterns).val
     data = input_pipeline.EvalData(src, global_batch_size=8, prep=PREP)
     batches = list(data)
     assert len(batches) == 3 and all(b["image"].shape == (8, 32, 32, 3) for b in batches)
@@ -95,6 +95,6 @@ def test_eval_batches_cover_the_set_once_with_a_mask(shapes):
 
 
 def test_builtin_dataset_is_deterministic():
-    a = default_dataset.render("star", np.random.default_rng([0, 0, 3, 5]))
-    b = default_dataset.render("star", np.random.default_rng([0, 0, 3, 5]))
+    a = default_dataset.render("dots", np.random.default_rng([0, 0, 3, 5]))
+    b = default_dataset.render("dots", np.random.default_rng([0, 0, 3, 5]))
     assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (80, 80)

@@ -17,7 +17,7 @@ from flax_effnet import EfficientNet, Preprocessing, load_pretrained, save_pretr
 from flax_effnet.pretrained import load_pretrained_full
 from flax_effnet.train import loop, metrics, state as state_lib
 from flax_effnet.train.config import TINY
-from train_testutil import enable_compilation_cache, small_shapes, tiny_config
+from train_testutil import enable_compilation_cache, small_patterns, tiny_config
 
 pytestmark = pytest.mark.slow
 enable_compilation_cache()
@@ -25,7 +25,7 @@ enable_compilation_cache()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return small_shapes(tmp_path_factory.mktemp("data"), train=24, val=8)
+    return small_patterns(tmp_path_factory.mktemp("data"), train=24, val=8)
 
 
 def _state_tree(workdir, step):
@@ -45,7 +45,7 @@ def test_default_run_learns(data, tmp_path):
     top1 = max(summary["last"]["eval/top1"], summary["last"]["ema/top1"])
     assert top1 >= 0.5, summary  # chance is 1/6
     assert (tmp_path / "run" / "config.json").exists()
-    assert json.loads((tmp_path / "run" / "class_names.json").read_text())[0] == "circle"
+    assert json.loads((tmp_path / "run" / "class_names.json").read_text())[0] == "checkerboard"
     model, variables = load_pretrained(tmp_path / "run" / "export")
     assert model.num_classes == 6 and variables["params"]["classifier"]["kernel"].shape[-1] == 6
     assert any((tmp_path / "run" / "tb").iterdir())
@@ -107,7 +107,7 @@ def test_finetune_from_converted_checkpoint_with_other_class_count(data, tmp_pat
     assert final["params/classifier/kernel"].shape[-1] == 6  # re-initialised for 6 classes
     exported = load_pretrained_full(tmp_path / "ft" / "export")
     assert exported.model.padding == "symmetric" and exported.model.bn_epsilon == 1e-5
-    assert exported.class_names == ("circle", "cross", "ring", "square", "star", "triangle")
+    assert exported.class_names == ("checkerboard", "diagonal", "dots", "grid", "horizontal", "vertical")
 
 
 def test_merge_pretrained_is_strict():

@@ -1,7 +1,7 @@
 """A tiny TFDS dataset in ArrayRecord format, written by TFDS's own builder without TensorFlow.
 
-`build_shapes_tfds(data_dir)` prepares `shapes_tfds` (train and validation splits of the
-built-in shapes, 6 classes) exactly as `tfds build --file_format=array_record` would: the
+`build_patterns_tfds(data_dir)` prepares `patterns_tfds` (train and validation splits of the
+built-in patterns, 6 classes) exactly as `tfds build --file_format=array_record` would: the
 trainer then reads it with `tfds.data_source`, like imagenet2012.
 
 Images are handed to tfds as PIL images, which it PNG-encodes with PIL (encoding numpy arrays
@@ -20,7 +20,7 @@ import numpy as np
 
 from flax_effnet.train import default_dataset
 
-NAME = "shapes_tfds"
+NAME = "patterns_tfds"
 
 
 def _tfds():
@@ -34,12 +34,12 @@ def _tfds():
     return tfds
 
 
-def build_shapes_tfds(data_dir: str | Path, train: int = 8, val: int = 2) -> str:
-    """Prepare `shapes_tfds` under `data_dir` (per class: `train` / `val` images); returns its name."""
+def build_patterns_tfds(data_dir: str | Path, train: int = 8, val: int = 2) -> str:
+    """Prepare `patterns_tfds` under `data_dir` (per class: `train` / `val` images); returns its name."""
     tfds = _tfds()
     per_split = {"train": train, "validation": val}
 
-    class ShapesTfds(tfds.core.GeneratorBasedBuilder):
+    class PatternsTfds(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
@@ -57,12 +57,12 @@ def build_shapes_tfds(data_dir: str | Path, train: int = 8, val: int = 2) -> str
 
         def _generate_examples(self, split):
             split_id = 0 if split == "train" else 1
-            for label, shape in enumerate(default_dataset.CLASSES):
+            for label, pattern in enumerate(default_dataset.CLASSES):
                 for i in range(per_split[split]):
                     rng = np.random.default_rng([0, split_id, label, i])
-                    yield f"{shape}_{i}", {"image": default_dataset.render(shape, rng), "label": label}
+                    yield f"{pattern}_{i}", {"image": default_dataset.render(pattern, rng), "label": label}
 
-    builder = ShapesTfds(data_dir=str(data_dir), file_format="array_record")
+    builder = PatternsTfds(data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
     assert builder.name == NAME, builder.name
     return NAME

@@ -410,6 +410,6 @@ def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, conf
             out, model.clone(dtype=jnp.float32), variables, prep, class_names=class_names, overwrite=True,
             source={"format": "flax_effnet.train", "weights": use, "step": int(jax.device_get(state.step)),
                     "top1": last_eval.get(f"{'ema' if use == 'ema' else 'eval'}/top1"),
-                    "data_dir": config.data_dir or "shapes-v1"},
+                    "data_dir": config.data_dir or "patterns-v1"},
         )
     return {"export": str(out), "exported_weights": use}

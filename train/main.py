@@ -18,8 +18,8 @@ def _print_summary(summary: dict) -> None:
         best = summary["best"].get(group)
         if best:
             last = summary["last"].get(f"{group}/top1")
-            print(f"{group:>4}: best top-1 {best['top1']:.2%} (step {best['step']}), top-5 {best['top5']:.2%}; "
-                  f"last top-1 {last:.2%}" if last is not None else "")
+            line = f"{group:>4}: best top-1 {best['top1']:.2%} (step {best['step']}), top-5 {best['top5']:.2%}"
+            print(line + (f"; last top-1 {last:.2%}" if last is not None else ""))
     print(f"steps {summary['steps']}/{summary['total_steps']} in {summary['wall_time_s']:.0f} s "
           f"(this invocation)")
     print(f"checkpoint: {summary['checkpoint']}")

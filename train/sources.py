@@ -133,7 +133,7 @@ def open_image_folder(root: str | os.PathLike, val_fraction: float = 0.2) -> Dat
 
 def open_dataset(data_dir: str, val_fraction: float = 0.2, *, dataset: str = "",
                  train_split: str = "train", eval_split: str = "") -> DatasetSplits:
-    """The dataset named by the config: an image folder, or the built-in shapes when empty;
+    """The dataset named by the config: an image folder, or the built-in patterns when empty;
     with `dataset="tfds:NAME"`, that TFDS dataset prepared in `data_dir` (`tfds_source`)."""
     if dataset:
         from flax_effnet.train import tfds_source
