@@ -39,7 +39,7 @@ def build_patterns_tfds(data_dir: str | Path, train: int = 8, val: int = 2) -> s
     tfds = _tfds()
     per_split = {"train": train, "validation": val}
 
-    class PatternsTfds(tfds.core.GeneratorBasedBuilder):
+    class PatternsTfds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
