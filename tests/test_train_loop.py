@@ -28,22 +28,32 @@ def data(tmp_path_factory):
     return small_patterns(tmp_path_factory.mktemp("data"), train=24, val=8)
 
 
+def _key(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def _state_tree(workdir, step):
+    """{'params/stem/conv/kernel': array, 'opt_state/...': array, ...} of a saved TrainState."""
     restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    return traverse_util.flatten_dict(jax.device_get(restored), sep="/")
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(restored))
+    return {"/".join(_key(e) for e in path): np.asarray(v) for path, v in leaves}
 
 
-def test_default_run_learns(data, tmp_path):
-    # 144 train images, 9 steps per epoch; about 7 epochs.
-    config = tiny_config(data, tmp_path / "run", num_steps=60, warmup_epochs=0.5, learning_rate=3.2,
-                         eval_every_steps=30)
+def test_default_run_learns(tmp_path_factory, tmp_path):
+    # The default preset at its 64 px on 60 images per class: 100 steps of 32 (~9 epochs).
+    data = small_patterns(tmp_path_factory.mktemp("learn"), train=60, val=10)
+    config = tiny_config(data, tmp_path / "run", image_size=64, batch_size=32, num_steps=100,
+                         warmup_epochs=0.5, learning_rate=1.6, eval_every_steps=50)
     summary = loop.train_and_evaluate(config)
     rows = metrics.read_metrics(tmp_path / "run")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.3, losses
-    assert summary["last"]["step"] == 60
+    assert summary["last"]["step"] == 100
     top1 = max(summary["last"]["eval/top1"], summary["last"]["ema/top1"])
-    assert top1 >= 0.5, summary  # chance is 1/6
+    assert top1 >= 0.4, summary  # chance is 1/6
     assert (tmp_path / "run" / "config.json").exists()
     assert json.loads((tmp_path / "run" / "class_names.json").read_text())[0] == "checkerboard"
     model, variables = load_pretrained(tmp_path / "run" / "export")
@@ -88,7 +98,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     assert saved and max(saved) <= step, (saved, str(err.value))
     assert f"last good checkpoint is step {max(saved)}" in str(err.value)
     for k, v in _state_tree(tmp_path / "nan", max(saved)).items():
-        assert np.all(np.isfinite(v)), k
+        if np.issubdtype(v.dtype, np.floating):
+            assert np.all(np.isfinite(v)), k
 
 
 def test_finetune_from_converted_checkpoint_with_other_class_count(data, tmp_path):

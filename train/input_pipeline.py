@@ -226,8 +226,10 @@ class EvalData:
             yield from self._cache
             return
         collected = []
+        # A set small enough to cache is decoded once, in-process: not worth starting workers.
+        workers = 0 if self._cacheable else self.num_workers
         for batch in eval_batches(self.source, global_batch_size=self.global_batch_size,
-                                  prep=self.prep, num_workers=self.num_workers):
+                                  prep=self.prep, num_workers=workers):
             if self._cacheable:
                 collected.append(batch)
             yield batch

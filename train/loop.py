@@ -271,7 +271,7 @@ def train_and_evaluate(
     if data.val is not None:
         eval_data = input_pipeline.EvalData(
             data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
-            num_workers=0,
+            num_workers=config.num_workers,
         )
     train_fn, compiled_eval = distributed.compile_steps(
         train_fn, eval_fn if eval_data is not None else None, state, batch_size=config.batch_size,
