@@ -1,7 +1,8 @@
 """Multi-host start-up: `jax.distributed.initialize` from flags, environment or the cluster.
 
 Every process of a multi-host job runs the same command. Before anything touches a device,
-`initialize(config)` connects it to the others; afterwards `jax.devices()` lists the devices
+`initialize(config)` (called by `train_efficientnet`; library users call it before
+`loop.train_and_evaluate`) connects it to the others; afterwards `jax.devices()` lists the devices
 of all processes, the trainer's mesh spans them, each process feeds its rows of every global
 batch (`samplers.GlobalOrderSampler`, `jax.make_array_from_process_local_data`), only
 process 0 logs and writes metrics, and every process takes part in orbax's saves.
