@@ -94,5 +94,7 @@ def test_dataset_flag():
     c = config_lib.parse_args(["--dataset", "tfds:imagenet2012", "--data-dir", "/data/tfds"])
     assert (c.variant, config_lib.image_size(c), c.workdir) == ("b0", 224, "runs/imagenet2012-b0")
     assert (c.train_split, c.eval_split) == ("train", "")
+    help_text = config_lib.build_parser().format_help()  # field comments are argparse help
+    assert "--dataset" in help_text and "--coordinator-address" in help_text
     with pytest.raises(ValueError, match="tfds:NAME"):
         tfds_source.dataset_name("imagenet2012")

@@ -48,7 +48,7 @@ class Config:
     workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<variant>
     num_workers: int = 2  # grain decoding worker processes (0 = decode in the main process)
     dataset: str = ""  # "" = the image folder data_dir; tfds:NAME = a TFDS dataset prepared (ArrayRecord) in data_dir
-    train_split: str = "train"  # tfds only: any split expression, e.g. train[:90%]
+    train_split: str = "train"  # tfds only: any split expression, e.g. train[:45000] (percent slices work too)
     eval_split: str = ""  # tfds only: "" = validation, else test, if present; none = no eval
     # Multi-host (see train/distributed.py): jax.distributed.initialize before anything else.
     distributed: str = "auto"  # auto (when a coordinator or a TPU pod/SLURM/Open MPI job is found), on, off
