@@ -79,12 +79,15 @@ class PreemptionFlag:
 
     With several processes, JAX's preemption sync point (set up by `jax.distributed`) makes all
     processes stop at the same step; with one process the signal handler alone decides.
+    The sync manager learns of SIGTERM through its own (C++) signal handler, so with several
+    processes no Python handler may replace it: one installed here would swallow the signal.
     """
 
     def __init__(self):
         self.received = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        multiprocess = jax.process_count() > 1 and _preemption_service_running()
+        if threading.current_thread() is threading.main_thread() and not multiprocess:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -105,3 +108,10 @@ class PreemptionFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+def _preemption_service_running() -> bool:
+    """Whether `jax.distributed` started JAX's preemption sync manager in this process."""
+    from jax._src import distributed as jax_distributed  # the state object has no public accessor
+
+    return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None

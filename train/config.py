@@ -47,6 +47,14 @@ class Config:
     val_fraction: float = 0.2  # held-out share per class when data_dir has no train/ and val/
     workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<variant>
     num_workers: int = 2  # grain decoding worker processes (0 = decode in the main process)
+    dataset: str = ""  # "" = the image folder data_dir; tfds:NAME = a TFDS dataset prepared (ArrayRecord) in data_dir
+    train_split: str = "train"  # tfds only: any split expression, e.g. train[:45000] (percent slices work too)
+    eval_split: str = ""  # tfds only: "" = validation, else test, if present; none = no eval
+    # Multi-host (see train/distributed.py): jax.distributed.initialize before anything else.
+    distributed: str = "auto"  # auto (when a coordinator or a TPU pod/SLURM/Open MPI job is found), on, off
+    coordinator_address: str = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or the cluster's
+    num_processes: int = 0  # 0 = $JAX_NUM_PROCESSES or the cluster's
+    process_id: int = -1  # < 0 = $JAX_PROCESS_ID or the cluster's
     # Model.
     variant: str = "b0"  # b0..b7, b8, l2, or tiny (width 0.25, depth 0.25)
     image_size: int = 0  # training and eval resolution; 0 = the variant's
@@ -135,7 +143,7 @@ def default_preset(data_dir: str) -> str:
 
 def make_config(preset: str | None = None, **overrides) -> Config:
     """Defaults, then the preset, then `overrides` (the explicitly given flags)."""
-    preset = preset or default_preset(overrides.get("data_dir", ""))
+    preset = preset or default_preset(overrides.get("data_dir", "") or overrides.get("dataset", ""))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
@@ -144,6 +152,8 @@ def make_config(preset: str | None = None, **overrides) -> Config:
     config = Config(**{**PRESETS[preset], **overrides})
     if not config.workdir:
         data_name = Path(config.data_dir).resolve().name if config.data_dir else "patterns"
+        if config.dataset:  # tfds:NAME[/CONFIG][:VERSION]
+            data_name = config.dataset.split(":")[1].replace("/", "-")
         config = dataclasses.replace(config, workdir=f"runs/{data_name}-{config.variant}")
     return config
 

@@ -1,9 +1,9 @@
 """Input pipeline: grain loaders over a data source, Inception crops for training, eval crops.
 
-Training: an infinite, per-epoch reshuffled `grain.samplers.IndexSampler` sharded by JAX
-process, records decoded and augmented in grain worker processes (random resized crop with
-area 0.08-1 and aspect 3/4-4/3, as in Szegedy et al. 2015 / torchvision
-`RandomResizedCrop`; horizontal flip), normalised by mean/std, batched per process. Each
+Training: an infinite, per-epoch reshuffled global order, each JAX process reading its rows of
+every global batch (`samplers.GlobalOrderSampler`), records decoded and augmented in grain
+worker processes (random resized crop with area 0.08-1 and aspect 3/4-4/3, as in Szegedy et
+al. 2015 / torchvision `RandomResizedCrop`; horizontal flip), normalised by mean/std, batched per process. Each
 record's randomness comes from grain (sampler seed and position), so a batch does not depend
 on the number of workers, and the loader's `get_state()` lets a resumed run continue the
 data order exactly.
@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from flax_effnet.preprocessing import Preprocessing, eval_transform, normalize, resample
+from flax_effnet.train import samplers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,12 +143,11 @@ def train_loader(
     `iter(loader)` gives an iterator with `get_state()`/`set_state()` (checkpointed with
     `grain.checkpoint.CheckpointSave`).
     """
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=_shard_options(drop_remainder=True),
-        shuffle=True,
-        num_epochs=None,
-        seed=seed,
+    # Each process reads its rows of every global batch of one global order: the batches do
+    # not depend on the number of processes (train/samplers.py).
+    sampler = samplers.GlobalOrderSampler(
+        len(source), global_batch_size=global_batch_size, seed=seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
     )
     if num_workers:
         _absl_flags_ready()
@@ -158,6 +158,7 @@ def train_loader(
             TrainTransform(prep, crop),
             grain.transforms.Batch(process_batch_size(global_batch_size), drop_remainder=True),
         ],
+        shard_options=grain.sharding.NoSharding(),  # the sampler already picks this process's rows
         worker_count=num_workers,
         worker_buffer_size=2,
     )

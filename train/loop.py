@@ -33,13 +33,14 @@ from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import load_pretrained_full, save_pretrained
 from flax_effnet.train import config as config_lib
-from flax_effnet.train import input_pipeline, optim, sharding, sources, state as state_lib, steps
+from flax_effnet.train import distributed, input_pipeline, optim, sharding, sources, state as state_lib, steps
 from flax_effnet.train.checkpoint import Checkpointer, PreemptionFlag
 from flax_effnet.train.metrics import MetricWriter
 
 # Config fields that may change between a run and its resumption without changing the run.
 _RESUME_FREE_FIELDS = {"num_workers", "progress_bar", "log_every_steps", "eval_every_steps",
-                       "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "workdir"}
+                       "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "workdir",
+                       "distributed", "coordinator_address", "num_processes", "process_id"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -196,7 +197,8 @@ def train_and_evaluate(
     t_start = time.time()
     workdir = Path(config.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = sources.open_dataset(config.data_dir, config.val_fraction)
+    data = sources.open_dataset(config.data_dir, config.val_fraction, dataset=config.dataset,
+                                train_split=config.train_split, eval_split=config.eval_split)
     class_names = list(data.class_names)
     num_classes = len(class_names)
     setup = plan(config, len(data.train), num_classes)
@@ -271,6 +273,11 @@ def train_and_evaluate(
             data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
             num_workers=config.num_workers,
         )
+    train_fn, compiled_eval = distributed.compile_steps(
+        train_fn, eval_fn if eval_data is not None else None, state, batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size or config.batch_size, image_size=prep.input_size,
+        data_sharding=data_sh)
+    eval_fn = compiled_eval or eval_fn
 
     writer = MetricWriter(workdir)
     preempt = PreemptionFlag()

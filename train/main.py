@@ -31,14 +31,19 @@ def _print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = config_lib.parse_args(argv)
     # Imported after parsing so that --help is instant.
-    from flax_effnet.train import loop
+    import jax
+
+    from flax_effnet.train import distributed, loop
+
+    distributed.initialize(config)  # multi-host: before anything touches a device
 
     try:
         summary = loop.train_and_evaluate(config)
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    _print_summary(summary)
+    if jax.process_index() == 0:  # multi-host: one summary, from process 0
+        _print_summary(summary)
     return 143 if summary["preempted"] else 0
 
 

@@ -2,8 +2,8 @@
 
 A source follows grain's `RandomAccessDataSource` protocol (`__len__`, `__getitem__`) and
 returns records `{"image": encoded bytes or HWC uint8 array, "label": int32, "index": int64}`.
-Anything with that shape plugs into `input_pipeline` unchanged: `ImageFolderSource` here;
-a TFDS `tfds.data_source(...)` wrapped to that record shape is the next one.
+Anything with that shape plugs into `input_pipeline` unchanged: `ImageFolderSource` here,
+`tfds_source.TfdsSource` for a prepared TFDS dataset.
 
 Sources are picklable (plain lists of paths) so grain can hand them to worker processes.
 """
@@ -131,8 +131,14 @@ def open_image_folder(root: str | os.PathLike, val_fraction: float = 0.2) -> Dat
     )
 
 
-def open_dataset(data_dir: str, val_fraction: float = 0.2) -> DatasetSplits:
-    """The dataset named by the config: an image folder, or the built-in patterns when empty."""
+def open_dataset(data_dir: str, val_fraction: float = 0.2, *, dataset: str = "",
+                 train_split: str = "train", eval_split: str = "") -> DatasetSplits:
+    """The dataset named by the config: an image folder, or the built-in patterns when empty;
+    with `dataset="tfds:NAME"`, that TFDS dataset prepared in `data_dir` (`tfds_source`)."""
+    if dataset:
+        from flax_effnet.train import tfds_source
+
+        return tfds_source.open_tfds(dataset, data_dir, train_split=train_split, eval_split=eval_split)
     if not data_dir:
         splits = open_image_folder(default_dataset.ensure_dataset())
         return dataclasses.replace(splits, description=default_dataset.DESCRIPTION)
