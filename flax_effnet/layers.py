@@ -15,6 +15,7 @@ from flax import linen as nn
 
 Padding = Literal["same", "symmetric"]
 DepthwiseImpl = Literal["auto", "conv", "shift"]
+DEPTHWISE_IMPLS = ("conv", "shift")  # what 'auto' can resolve to; all share one param layout
 Dtype = Any
 
 # TF: normal(0, sqrt(2 / fan_out)) with fan_out = k*k*out_channels.
@@ -54,7 +55,7 @@ def resolve_depthwise_impl(impl: DepthwiseImpl) -> Literal["conv", "shift"]:
     shifted multiply-adds; on GPU/TPU the native grouped convolution is kept."""
     if impl == "auto":
         return "shift" if jax.default_backend() == "cpu" else "conv"
-    if impl not in ("conv", "shift"):
+    if impl not in DEPTHWISE_IMPLS:
         raise ValueError(f"depthwise_impl must be 'auto', 'conv' or 'shift', got {impl!r}")
     return impl
 
