@@ -59,13 +59,14 @@ def test_bfloat16_matches_grouped_conv(impl):
 
 
 def _model_outputs(impl, x):
-    """Init variables, eval logits and d(sum logits^2)/dparams of TINY with one impl, jitted."""
+    """Init variables and eval logits of TINY with one impl, jitted.
+
+    Gradients are held to the reference layer by layer above; through the whole model they
+    would only add minutes of compilation.
+    """
     model = EfficientNet(TINY, num_classes=10, depthwise_impl=impl)
     variables = jax.jit(model.init)(jax.random.key(0), x)
-    # Eval-mode BN: train-mode statistics over a 2x1 map of 2 images amplify float noise.
-    loss = lambda params: jnp.sum(model.apply({**variables, "params": params}, x) ** 2)  # noqa: E731
-    logits, grads = jax.jit(lambda v: (model.apply(v, x), jax.grad(loss)(v["params"])))(variables)
-    return variables, logits, grads
+    return variables, jax.jit(model.apply)(variables, x)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,9 @@ def reference():
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)  # "auto" is one of them; see the resolve test
-def test_model_same_params_logits_and_gradients(impl, reference):
-    x, (ref_vars, ref_logits, ref_grads) = reference
-    variables, logits, grads = _model_outputs(impl, x)
+def test_model_same_params_and_logits(impl, reference):
+    x, (ref_vars, ref_logits) = reference
+    variables, logits = _model_outputs(impl, x)
 
     # Same param tree, shapes and (same init RNG) values: checkpoints are impl-independent.
     assert jax.tree.structure(variables) == jax.tree.structure(ref_vars)
@@ -86,9 +87,6 @@ def test_model_same_params_logits_and_gradients(impl, reference):
         np.testing.assert_array_equal(a, b)
 
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
-        scale = float(jnp.max(jnp.abs(b))) + 1e-6
-        np.testing.assert_allclose(a / scale, b / scale, atol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
 def test_auto_resolves_per_backend(monkeypatch):
