@@ -15,6 +15,7 @@ from flax import linen as nn
 
 Padding = Literal["same", "symmetric"]
 DepthwiseImpl = Literal["auto", "conv", "shift"]
+DEPTHWISE_IMPLS = ("conv", "shift")  # what 'auto' can resolve to; all share one param layout
 Dtype = Any
 
 # TF: normal(0, sqrt(2 / fan_out)) with fan_out = k*k*out_channels.
@@ -54,34 +55,79 @@ def resolve_depthwise_impl(impl: DepthwiseImpl) -> Literal["conv", "shift"]:
     shifted multiply-adds; on GPU/TPU the native grouped convolution is kept."""
     if impl == "auto":
         return "shift" if jax.default_backend() == "cpu" else "conv"
-    if impl not in ("conv", "shift"):
+    if impl not in DEPTHWISE_IMPLS:
         raise ValueError(f"depthwise_impl must be 'auto', 'conv' or 'shift', got {impl!r}")
     return impl
 
 
+def _shifted_windows(xp: jax.Array, k: int, stride: int, out_h: int, out_w: int):
+    """The k*k strided views of the padded input that meet kernel tap (i, j), row-major."""
+    n, _, _, c = xp.shape
+    for i in range(k):
+        for j in range(k):
+            yield jax.lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+
+
+def _depthwise_shift_fwd_impl(x, kernel, stride, padding):
+    k = kernel.shape[0]
+    xp = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    out_h, out_w = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+    out = None
+    for t, window in enumerate(_shifted_windows(xp, k, stride, out_h, out_w)):
+        term = window * kernel[t // k, t % k, 0]
+        out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
     """Depthwise convolution as k*k strided slices times per-channel weights, summed.
 
     XLA fuses the whole sum into one elementwise loop, so each output is produced in one pass
     over the (padded) input, instead of going through the generic grouped-convolution path.
-    `kernel` is (k, k, 1, C), the layout of a Flax grouped conv.
+    `kernel` is (k, k, 1, C), the layout of a Flax grouped conv; `padding` is ((top, bottom),
+    (left, right)).
+
+    The kernel gradient is written by hand (`_depthwise_shift_bwd`): one fused pass, not k*k.
     """
+    return _depthwise_shift_fwd_impl(x, kernel, stride, padding)
+
+
+def _depthwise_shift_fwd(x, kernel, stride, padding):
+    return _depthwise_shift_fwd_impl(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_shift_bwd(stride, padding, residuals, g):
+    """d/dx by autodiff of the forward (pads of g that XLA fuses into one loop, like the forward).
+
+    d/dkernel[i, j, c] = sum over (n, h, w) of window_ij * g. Autodiff emits k*k separate
+    reductions, each reading g and x again (25 passes for k=5); one variadic reduce computes
+    all k*k sums in one fused pass. It reduces over (N, W) first and keeps H, so the pass has
+    H*C independent outputs to spread over threads, then sums the small (H, C) partials.
+    Measured on b0 (batch 8, 224 px, 2 cores): train step 1.26x faster, half the temp memory.
+    """
+    x, kernel = residuals
     k = kernel.shape[0]
-    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    n, h, w, c = x.shape
-    out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            patch = jax.lax.slice(
-                x,
-                (0, i, j, 0),
-                (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                (1, stride, stride, 1),
-            )
-            term = patch * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+    dx = jax.vjp(lambda x: _depthwise_shift_fwd_impl(x, kernel, stride, padding), x)[1](g)[0]
+    xp = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    # Accumulate in float32 even for bf16 activations: each sum runs over N*H*W terms.
+    g32 = g.astype(jnp.float32)
+    windows = _shifted_windows(xp, k, stride, g.shape[1], g.shape[2])
+    products = tuple(w.astype(jnp.float32) * g32 for w in windows)
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
+    partial_sums = jax.lax.reduce(
+        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 2)
+    )
+    dkernel = jnp.stack([p.sum(0) for p in partial_sums]).reshape(kernel.shape)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
@@ -118,6 +164,40 @@ class DepthwiseConv(nn.Module):
         pads = spatial_padding(x.shape, k, self.stride, self.padding)
         fn = depthwise_shift if resolve_depthwise_impl(self.impl) == "shift" else depthwise_conv
         return fn(x, kernel, self.stride, pads)
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution without bias, computed as a matmul; param 'kernel' (1, 1, C_in, C_out).
+
+    Takes `nn.Conv`'s arguments and param layout, so it drops in where a 1x1 stride-1 conv
+    was. XLA:CPU runs a 1x1 `conv_general_dilated` through its generic convolution, whose
+    backward pass is 2.5-4x slower than the same contraction as a dot (b0 sizes, measured);
+    the forward results are identical.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] | int = 1
+    padding: Any = "VALID"
+    use_bias: bool = False
+    kernel_init: Any = conv_init
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        no_pad = self.padding in ("VALID", "SAME") or all(p == (0, 0) for p in self.padding)
+        if tuple(self.kernel_size) != (1, 1) or strides != (1, 1) or not no_pad or self.use_bias:
+            raise ValueError(
+                "PointwiseConv is a 1x1, stride-1, unpadded conv without bias; got "
+                f"kernel_size={self.kernel_size}, strides={self.strides}, padding={self.padding}, "
+                f"use_bias={self.use_bias}"
+            )
+        shape = (1, 1, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def global_pool(x: jax.Array) -> jax.Array:

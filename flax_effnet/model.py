@@ -25,6 +25,7 @@ from flax_effnet.layers import (
     DepthwiseImpl,
     DropPath,
     Padding,
+    PointwiseConv,
     SqueezeExcite,
     conv_init,
     dense_init,
@@ -151,6 +152,10 @@ class EfficientNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        # Every 1x1 conv (expand, project, head) is a matmul; same params as nn.Conv.
+        pointwise = functools.partial(
+            PointwiseConv, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         depthwise = functools.partial(
             DepthwiseConv, impl=self.depthwise_impl, dtype=self.dtype, param_dtype=self.param_dtype
         )
@@ -161,12 +166,12 @@ class EfficientNet(nn.Module):
         stage_outputs = {}  # stage -> output of its last block
         for spec in net.blocks:
             name = f"blocks_{spec.stage}_{spec.index}"
-            x = MBConv(spec, self.padding, conv, norm, depthwise, se, name=name)(x, train=train)
+            x = MBConv(spec, self.padding, pointwise, norm, depthwise, se, name=name)(x, train=train)
             stage_outputs[spec.stage] = x
         if return_stages:
             return tuple(stage_outputs.values())
 
-        x = ConvBN(net.head_channels, 1, 1, self.padding, conv, norm, name="head")(x)
+        x = ConvBN(net.head_channels, 1, 1, self.padding, pointwise, norm, name="head")(x)
         x = global_pool(x)
         if not self.num_classes:
             return x

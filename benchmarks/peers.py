@@ -1,0 +1,178 @@
+"""PyTorch peers for the throughput benchmark, and a copy of their weights into flax_effnet.
+
+The peers are the EfficientNets people run in PyTorch:
+
+- `efficientnet_pytorch` (lukemelas): TF SAME padding (static, computed for the image size),
+  BN eps 1e-3 -> our padding='same'.
+- `timm` `efficientnet_bX`: symmetric `(k-1)//2` padding, BN eps 1e-5 -> padding='symmetric'.
+- `torchvision` `efficientnet_bX`: symmetric padding, BN eps 1e-5 (b0-b4) or 1e-3 (b5-b7).
+
+The weight copy is a small, explicit table for the benchmark's "same weights" sanity check
+(logits within 1e-4 in float32); it is not the project's converter. All three peers register
+their tensors in the order of the architecture (stem conv, stem BN, per block: expand conv/BN,
+depthwise conv/BN, SE reduce/expand, projection conv/BN, then head conv/BN and classifier), so
+one ordered list of our leaf paths, zipped with the state_dict minus `num_batches_tracked`,
+maps every tensor; each pair is shape-checked, so a different order cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from flax_effnet.specs import scale_network
+
+PEERS = ("efficientnet_pytorch", "timm", "torchvision")
+
+
+@dataclasses.dataclass
+class Peer:
+    """A PyTorch model plus the flax_effnet settings that reproduce it."""
+
+    name: str
+    model: Any  # torch.nn.Module
+    padding: str  # 'same' | 'symmetric'
+    bn_epsilon: float
+
+
+def _first_bn_eps(model) -> float:
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            return float(m.eps)
+    raise ValueError("peer model has no BatchNorm2d")
+
+
+def build_peer(name: str, variant: str, size: int, num_classes: int = 1000) -> Peer:
+    """Build a randomly initialised PyTorch peer of `variant` ('b0'..'b7').
+
+    Raises ImportError (or whatever the import raises) when the package is unusable, so the
+    caller can report it and carry on with the other peers.
+    """
+    if name == "efficientnet_pytorch":
+        from efficientnet_pytorch import EfficientNet as EP
+
+        # image_size fixes its static SAME padding; it must be the size we run at.
+        model = EP.from_name(f"efficientnet-{variant}", image_size=size, num_classes=num_classes)
+        return Peer(name, model, "same", float(model._global_params.batch_norm_epsilon))
+    if name == "timm":
+        import timm
+
+        model = timm.create_model(f"efficientnet_{variant}", pretrained=False, num_classes=num_classes)
+        return Peer(name, model, "symmetric", _first_bn_eps(model))
+    if name == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(f"efficientnet_{variant}", weights=None, num_classes=num_classes)
+        return Peer(name, model, "symmetric", _first_bn_eps(model))
+    raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+
+
+def calibrate_(model, x, seed: int = 0) -> None:
+    """Give a randomly initialised peer realistic activations, in place.
+
+    With PyTorch's default init (BN running mean 0, var 1) activations shrink ~40x per stage,
+    so b0's pooled features are ~1e-12: a logits check would compare biases only, and deeper
+    variants reach float32 denormals, which are slow on CPUs and would distort timings. One
+    train-mode pass with cumulative-average BN sets the running statistics to the batch's, and
+    a random BN affine makes every layer matter to the logits.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: after one batch, the batch's statistics
+            n = m.num_features
+            m.weight.copy_(1.0 + 0.2 * torch.randn(n, generator=gen))
+            m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+        model.train()
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
+def flax_leaf_order(variant: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """Our leaves in the architecture's order: (collection, path, kind).
+
+    kind says how the matching torch tensor is laid out: 'conv' (O, I, kh, kw), 'se' (O, I, 1, 1)
+    for a squeeze-excite 1x1 conv that we hold as a Dense, 'linear' (O, I), 'vector'.
+    """
+    net = scale_network(variant)
+
+    def conv(*p):
+        return [("params", (*p, "kernel"), "conv")]
+
+    def bn(*p):
+        return [
+            ("params", (*p, "scale"), "vector"),
+            ("params", (*p, "bias"), "vector"),
+            ("batch_stats", (*p, "mean"), "vector"),
+            ("batch_stats", (*p, "var"), "vector"),
+        ]
+
+    def se(*p):
+        return [("params", (*p, "kernel"), "se"), ("params", (*p, "bias"), "vector")]
+
+    order = conv("stem", "conv") + bn("stem", "bn")
+    for b in net.blocks:
+        n = f"blocks_{b.stage}_{b.index}"
+        if b.expanded_channels != b.in_channels:
+            order += conv(n, "conv_exp") + bn(n, "bn_exp")
+        order += conv(n, "conv_dw") + bn(n, "bn_dw")
+        order += se(n, "se", "reduce") + se(n, "se", "expand")
+        order += conv(n, "conv_pwl") + bn(n, "bn_pwl")
+    order += conv("head", "conv") + bn("head", "bn")
+    order += [("params", ("classifier", "kernel"), "linear"), ("params", ("classifier", "bias"), "vector")]
+    return order
+
+
+def _to_flax(t: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "conv":  # (O, I, kh, kw) -> (kh, kw, I, O); depthwise (C, 1, k, k) -> (k, k, 1, C)
+        return t.transpose(2, 3, 1, 0)
+    if kind == "se":  # 1x1 conv (O, I, 1, 1) -> Dense (I, O)
+        return t[:, :, 0, 0].T
+    if kind == "linear":
+        return t.T
+    return t
+
+
+def variables_from_torch(state_dict, variant: str, like) -> dict:
+    """Flax variables of `variant` holding a peer's weights.
+
+    Args:
+      state_dict: the peer's `state_dict()`.
+      variant: 'b0'..'b7'.
+      like: our variables (or their `jax.eval_shape`), to check every shape against.
+
+    Returns:
+      {'params': ..., 'batch_stats': ...} as nested dicts of float32 numpy arrays.
+    """
+    tensors = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    order = flax_leaf_order(variant)
+    if len(tensors) != len(order):
+        raise ValueError(f"peer has {len(tensors)} tensors, flax_effnet {variant} has {len(order)} leaves")
+    out: dict = {"params": {}, "batch_stats": {}}
+    for (key, tensor), (col, path, kind) in zip(tensors, order):
+        value = _to_flax(tensor.detach().float().cpu().numpy(), kind)
+        ref = like[col]
+        for p in path:
+            ref = ref[p]
+        if tuple(ref.shape) != value.shape:
+            raise ValueError(
+                f"{key} {tuple(tensor.shape)} -> {col}/{'/'.join(path)}: expected {tuple(ref.shape)}, "
+                f"got {value.shape} after the '{kind}' layout change"
+            )
+        node = out[col]
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = np.ascontiguousarray(value)
+    return out

@@ -1,0 +1,107 @@
+"""Every depthwise implementation computes the same function, with the same gradients and params.
+
+`DepthwiseConv(impl=...)` only changes how XLA computes the convolution (see layers.py); these
+tests hold the fast paths to the grouped convolution, which is the reference.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_effnet import EfficientNet, VariantSpec
+from flax_effnet import layers
+from flax_effnet.layers import DEPTHWISE_IMPLS, DepthwiseConv, resolve_depthwise_impl
+
+FAST_IMPLS = [i for i in DEPTHWISE_IMPLS if i != "conv"]
+# A 7-block, narrow EfficientNet: every stage, both kernel sizes, both strides, in milliseconds.
+TINY = VariantSpec("tiny", width=0.25, depth=0.25, resolution=32, dropout=0.0)
+
+
+def _run(impl, x, kernel, k, stride, padding):
+    module = DepthwiseConv(k, stride, padding, impl=impl)
+    return module.apply({"params": {"kernel": kernel}}, x)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+@pytest.mark.parametrize("size", [(8, 8), (9, 7)])
+def test_outputs_and_gradients_match_grouped_conv(impl, k, stride, padding, size):
+    rng = np.random.default_rng(k * 100 + stride * 10 + size[1])
+    x = jnp.asarray(rng.standard_normal((2, *size, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 1, 6)), jnp.float32)
+
+    def f(impl):
+        return lambda x, kernel: _run(impl, x, kernel, k, stride, padding)
+
+    ref, ref_vjp = jax.vjp(f("conv"), x, kernel)
+    out, out_vjp = jax.vjp(jax.jit(f(impl)), x, kernel)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+    g = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    for name, a, b in zip(("d/dx", "d/dkernel"), out_vjp(g), ref_vjp(g)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_bfloat16_matches_grouped_conv(impl):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 10, 10, 4)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 4)), jnp.float32)
+    module = lambda i: DepthwiseConv(3, 2, "same", impl=i, dtype=jnp.bfloat16)  # noqa: E731
+    ref = module("conv").apply({"params": {"kernel": kernel}}, x)
+    out = module(impl).apply({"params": {"kernel": kernel}}, x)
+    assert out.dtype == ref.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.float32(out), np.float32(ref), rtol=0.05, atol=0.05)
+
+
+def _model_outputs(impl, x):
+    """Init variables and eval logits of TINY with one impl, jitted.
+
+    Gradients are held to the reference layer by layer above; through the whole model they
+    would only add minutes of compilation.
+    """
+    model = EfficientNet(TINY, num_classes=10, depthwise_impl=impl)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    return variables, jax.jit(model.apply)(variables, x)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 33, 30, 3)), jnp.float32)
+    return x, _model_outputs("conv", x)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)  # "auto" is one of them; see the resolve test
+def test_model_same_params_and_logits(impl, reference):
+    x, (ref_vars, ref_logits) = reference
+    variables, logits = _model_outputs(impl, x)
+
+    # Same param tree, shapes and (same init RNG) values: checkpoints are impl-independent.
+    assert jax.tree.structure(variables) == jax.tree.structure(ref_vars)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref_vars)):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_resolves_per_backend(monkeypatch):
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "cpu")
+    assert resolve_depthwise_impl("auto") == "shift"
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(layers.jax, "default_backend", lambda b=backend: b)
+        assert resolve_depthwise_impl("auto") == "conv"
+    for impl in DEPTHWISE_IMPLS:  # an explicit choice overrides the backend
+        assert resolve_depthwise_impl(impl) == impl
+
+
+def test_invalid_impl_raises():
+    with pytest.raises(ValueError, match="depthwise_impl"):
+        resolve_depthwise_impl("winograd")
+    x = jnp.zeros((1, 8, 8, 4))
+    with pytest.raises(ValueError, match="depthwise_impl"):
+        DepthwiseConv(3, impl="fft").init(jax.random.key(0), x)

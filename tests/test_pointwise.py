@@ -1,0 +1,42 @@
+"""PointwiseConv (a 1x1 conv as a matmul) is nn.Conv's 1x1 conv: same params, outputs, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from flax_effnet.layers import PointwiseConv, conv_init
+
+
+def test_matches_nn_conv_1x1():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 7, 6)), jnp.float32)
+    ours = PointwiseConv(4, kernel_init=conv_init)
+    ref = nn.Conv(4, (1, 1), use_bias=False, kernel_init=conv_init)
+    variables = ours.init(jax.random.key(0), x)
+    ref_vars = ref.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].shape == (1, 1, 6, 4)
+    np.testing.assert_array_equal(variables["params"]["kernel"], ref_vars["params"]["kernel"])
+
+    out, vjp = jax.vjp(lambda v, x: ours.apply(v, x), variables, x)
+    ref_out, ref_vjp = jax.vjp(lambda v, x: ref.apply(v, x), variables, x)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+    g = jnp.ones_like(out)
+    for a, b in zip(jax.tree.leaves(vjp(g)), jax.tree.leaves(ref_vjp(g))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    x = jnp.ones((1, 3, 3, 2), jnp.float32)
+    module = PointwiseConv(3, dtype=jnp.bfloat16)
+    variables = module.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].dtype == jnp.float32
+    assert module.apply(variables, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(kernel_size=(3, 3)), dict(strides=2), dict(padding=[(1, 1), (1, 1)]), dict(use_bias=True)]
+)
+def test_rejects_what_is_not_a_plain_1x1_conv(kwargs):
+    with pytest.raises(ValueError, match="PointwiseConv"):
+        PointwiseConv(4, **kwargs).init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
