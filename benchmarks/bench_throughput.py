@@ -49,9 +49,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import PEERS, build_peer, calibrate_, variables_from_torch  # noqa: E402
+from peers import PEERS, build_peer, calibrate_  # noqa: E402
 
 from flax_effnet import EfficientNet  # noqa: E402
+from flax_effnet.convert import convert_state_dict  # noqa: E402
 from flax_effnet.layers import resolve_depthwise_impl  # noqa: E402
 from flax_effnet.specs import resolve_variant  # noqa: E402
 
@@ -113,19 +114,20 @@ class Contestant:
 
 # ----------------------------------------------------------------------------- ours
 
-def build_ours(args, padding, bn_epsilon, torch_state, x_nhwc, labels, dtype):
-    """Eval and train contestants for flax_effnet; returns them and the eval logits fn."""
-    model = EfficientNet(
-        args.variant, padding=padding, bn_epsilon=bn_epsilon, depthwise_impl=args.depthwise_impl,
-        dtype=dtype,
-    )
+def build_ours(args, peer, x_nhwc, labels, dtype):
+    """Eval and train contestants for flax_effnet; returns them and the eval logits fn.
+
+    With a peer, its weights come through `flax_effnet.convert` (the peer names are converter
+    format names), which also sets padding and BN epsilon to match it.
+    """
     device = jax.devices()[0]
     x = jax.device_put(jnp.asarray(x_nhwc), device)
     y = jax.device_put(jnp.asarray(labels), device)
-    like = jax.eval_shape(model.init, jax.random.key(0), x)
-    if torch_state is not None:
-        variables = variables_from_torch(torch_state, args.variant, like)
+    if peer is not None:
+        model, variables, _ = convert_state_dict(peer.model.state_dict(), format=peer.name)
+        model = model.clone(depthwise_impl=args.depthwise_impl, dtype=dtype)
     else:  # no peer: our own init
+        model = EfficientNet(args.variant, depthwise_impl=args.depthwise_impl, dtype=dtype)
         variables = jax.jit(model.init)(jax.random.key(0), x)
     variables = jax.device_put(variables, device)
 
@@ -371,9 +373,7 @@ def main(argv=None) -> int:
           f"threads: {THREADS} cores for XLA" + (
               f", torch.get_num_threads()={__import__('torch').get_num_threads()} "
               f"torch {__import__('torch').__version__}" if peers else ""))
-    ours_eval, ours_train, ours_logits = build_ours(
-        args, ref.padding if ref else "same", ref.bn_epsilon if ref else 1e-3,
-        ref.model.state_dict() if ref else None, x_nhwc, labels, jdtype)
+    ours_eval, ours_train, ours_logits = build_ours(args, ref, x_nhwc, labels, jdtype)
 
     evals, trains = [ours_eval], [ours_train]
     for peer in peers:

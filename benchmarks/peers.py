@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 
-from flax_effnet.specs import scale_network
+from flax_effnet.convert.verify import import_torchvision  # works around torchvision ops vs CPU torch
 
 PEERS = ("efficientnet_pytorch", "timm", "torchvision")
 
@@ -59,13 +58,13 @@ def build_peer(name: str, variant: str, size: int, num_classes: int = 1000) -> P
         model = EP.from_name(f"efficientnet-{variant}", image_size=size, num_classes=num_classes)
         return Peer(name, model, "same", float(model._global_params.batch_norm_epsilon))
     if name == "timm":
+        import_torchvision()  # timm imports torchvision
         import timm
 
         model = timm.create_model(f"efficientnet_{variant}", pretrained=False, num_classes=num_classes)
         return Peer(name, model, "symmetric", _first_bn_eps(model))
     if name == "torchvision":
-        import torchvision
-
+        torchvision = import_torchvision()
         model = torchvision.models.get_model(f"efficientnet_{variant}", weights=None, num_classes=num_classes)
         return Peer(name, model, "symmetric", _first_bn_eps(model))
     raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
@@ -98,81 +97,3 @@ def calibrate_(model, x, seed: int = 0) -> None:
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.train(was_training)
-
-
-def flax_leaf_order(variant: str) -> list[tuple[str, tuple[str, ...], str]]:
-    """Our leaves in the architecture's order: (collection, path, kind).
-
-    kind says how the matching torch tensor is laid out: 'conv' (O, I, kh, kw), 'se' (O, I, 1, 1)
-    for a squeeze-excite 1x1 conv that we hold as a Dense, 'linear' (O, I), 'vector'.
-    """
-    net = scale_network(variant)
-
-    def conv(*p):
-        return [("params", (*p, "kernel"), "conv")]
-
-    def bn(*p):
-        return [
-            ("params", (*p, "scale"), "vector"),
-            ("params", (*p, "bias"), "vector"),
-            ("batch_stats", (*p, "mean"), "vector"),
-            ("batch_stats", (*p, "var"), "vector"),
-        ]
-
-    def se(*p):
-        return [("params", (*p, "kernel"), "se"), ("params", (*p, "bias"), "vector")]
-
-    order = conv("stem", "conv") + bn("stem", "bn")
-    for b in net.blocks:
-        n = f"blocks_{b.stage}_{b.index}"
-        if b.expanded_channels != b.in_channels:
-            order += conv(n, "conv_exp") + bn(n, "bn_exp")
-        order += conv(n, "conv_dw") + bn(n, "bn_dw")
-        order += se(n, "se", "reduce") + se(n, "se", "expand")
-        order += conv(n, "conv_pwl") + bn(n, "bn_pwl")
-    order += conv("head", "conv") + bn("head", "bn")
-    order += [("params", ("classifier", "kernel"), "linear"), ("params", ("classifier", "bias"), "vector")]
-    return order
-
-
-def _to_flax(t: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "conv":  # (O, I, kh, kw) -> (kh, kw, I, O); depthwise (C, 1, k, k) -> (k, k, 1, C)
-        return t.transpose(2, 3, 1, 0)
-    if kind == "se":  # 1x1 conv (O, I, 1, 1) -> Dense (I, O)
-        return t[:, :, 0, 0].T
-    if kind == "linear":
-        return t.T
-    return t
-
-
-def variables_from_torch(state_dict, variant: str, like) -> dict:
-    """Flax variables of `variant` holding a peer's weights.
-
-    Args:
-      state_dict: the peer's `state_dict()`.
-      variant: 'b0'..'b7'.
-      like: our variables (or their `jax.eval_shape`), to check every shape against.
-
-    Returns:
-      {'params': ..., 'batch_stats': ...} as nested dicts of float32 numpy arrays.
-    """
-    tensors = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
-    order = flax_leaf_order(variant)
-    if len(tensors) != len(order):
-        raise ValueError(f"peer has {len(tensors)} tensors, flax_effnet {variant} has {len(order)} leaves")
-    out: dict = {"params": {}, "batch_stats": {}}
-    for (key, tensor), (col, path, kind) in zip(tensors, order):
-        value = _to_flax(tensor.detach().float().cpu().numpy(), kind)
-        ref = like[col]
-        for p in path:
-            ref = ref[p]
-        if tuple(ref.shape) != value.shape:
-            raise ValueError(
-                f"{key} {tuple(tensor.shape)} -> {col}/{'/'.join(path)}: expected {tuple(ref.shape)}, "
-                f"got {value.shape} after the '{kind}' layout change"
-            )
-        node = out[col]
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = np.ascontiguousarray(value)
-    return out
