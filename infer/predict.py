@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 from flax_effnet.preprocessing import Preprocessing, eval_transform
 from flax_effnet.pretrained import (
     CONFIG_FILE,
+    VARIABLES_FILE,
     NotAPretrainedDirError,
     Pretrained,
     load_pretrained_full,
@@ -110,7 +111,9 @@ def resolve_weights_dir(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
         raise NotAPretrainedDirError(f"{path} {what}; expected a flax_effnet weights directory")
-    if not (path / CONFIG_FILE).exists() and (path / "export" / CONFIG_FILE).exists():
+    # A trainer workdir holds its own config.json (the training config) beside export/; only a
+    # weights directory holds variables next to its config.
+    if not (path / VARIABLES_FILE).exists() and (path / "export" / CONFIG_FILE).exists():
         return path / "export"
     return path
 

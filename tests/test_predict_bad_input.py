@@ -166,6 +166,8 @@ def test_a_trainer_workdir_resolves_to_its_export(checkpoint, tmp_path):
     (workdir / "export").mkdir(parents=True)
     for f in checkpoint.iterdir():
         (workdir / "export" / f.name).write_bytes(f.read_bytes())
+    # the trainer keeps its resolved training config beside export/
+    (workdir / "config.json").write_text('{"variant": "tiny", "batch_size": 64}')
     assert resolve_weights_dir(workdir) == workdir / "export"
     assert resolve_weights_dir(checkpoint) == checkpoint
     assert Predictor.load(workdir).class_names == ("cat", "dog", "fish")
