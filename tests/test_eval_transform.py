@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from flax_effnet.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
@@ -19,18 +18,10 @@ from flax_effnet.preprocessing import eval_transform, resize_center_crop
 
 
 def _import_torchvision_transforms():
-    """torchvision.transforms, after registering the two op schemas its import needs (its
-    compiled ops do not load with the CPU torch build; nothing here calls them)."""
-    try:
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _import_torchvision_transforms.lib = lib  # a dropped Library unregisters its ops
-    except RuntimeError:
-        pass  # already registered (e.g. by tests/conftest.py)
-    from torchvision import transforms
+    """torchvision.transforms (its import needs the op schemas the converter registers)."""
+    from flax_effnet.convert.verify import import_torchvision
 
-    return transforms
+    return import_torchvision().transforms
 
 
 def fixed_image(width: int, height: int, seed: int = 0) -> Image.Image:
