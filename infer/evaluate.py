@@ -151,23 +151,9 @@ class TfdsData:
         image_key: str = "image",
         label_key: str = "label",
     ):
-        try:
-            import tensorflow_datasets as tfds
-        except ImportError as e:
-            raise ImportError(
-                "TFDS evaluation needs tensorflow-datasets: pip install 'flax-effnet[train]'"
-            ) from e
-        where = str(data_dir) if data_dir else "the default TFDS data_dir (~/tensorflow_datasets)"
-        try:
-            # download=False: never start downloading or preparing a dataset from here.
-            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        except Exception as e:  # tfds raises many types here; all mean "not usable as is"
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FileNotFoundError(
-                f"TFDS dataset {name!r} split {split!r} is not prepared in {where} "
-                f"(tfds said: {first_line}). Prepare it in ArrayRecord format first, e.g. "
-                f"`tfds build {name} --data_dir DIR --file_format array_record`."
-            ) from e
+        from flax_effnet.train.tfds_source import open_split
+
+        source = open_split(name, split, str(data_dir) if data_dir else None)
         features = source.dataset_info.features
         for key in (image_key, label_key):
             if key not in features:

@@ -67,12 +67,18 @@ def _where(data_dir: str | None) -> str:
     return data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
 
 
-def _open(name: str, split: str, data_dir: str | None, image_key: str):
+def open_split(name: str, split: str, data_dir: str | None, *, encoded_key: str | None = None):
+    """`tfds.data_source` of a prepared split, or `TfdsNotPreparedError` saying how to prepare it.
+
+    The trainer and `evaluate_efficientnet` both read through here. `encoded_key` leaves that
+    feature as encoded bytes (the trainer decodes in its own workers); otherwise tfds decodes.
+    """
     tfds = _import_tfds()
+    decoders = {encoded_key: tfds.decode.SkipDecoding()} if encoded_key else None
     try:
-        # download=False: never download or prepare anything from the trainer.
+        # download=False: never download or prepare anything from here.
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
-                                decoders={image_key: tfds.decode.SkipDecoding()})
+                                decoders=decoders)
     except Exception as e:  # tfds raises many types here; all mean "not usable as it is"
         said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TfdsNotPreparedError(
@@ -96,7 +102,7 @@ class TfdsSource:
         self.name, self.split = name, split
         self.data_dir = os.path.expanduser(data_dir) if data_dir else None
         self.image_key, self.label_key = image_key, label_key
-        self._source = _open(name, split, self.data_dir, image_key)
+        self._source = open_split(name, split, self.data_dir, encoded_key=image_key)
         self._len = len(self._source)
         features = self._source.dataset_info.features
         for key in (image_key, label_key):
@@ -121,7 +127,7 @@ class TfdsSource:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._source = _open(self.name, self.split, self.data_dir, self.image_key)
+        self._source = open_split(self.name, self.split, self.data_dir, encoded_key=self.image_key)
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.name}:{self.split}, {len(self)} records)"
