@@ -21,8 +21,12 @@ def test_matches_nn_conv_1x1():
     out, vjp = jax.vjp(lambda v, x: ours.apply(v, x), variables, x)
     ref_out, ref_vjp = jax.vjp(lambda v, x: ref.apply(v, x), variables, x)
     np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
-    g = jnp.ones_like(out)
-    for a, b in zip(jax.tree.leaves(vjp(g)), jax.tree.leaves(ref_vjp(g))):
+    # A random cotangent: with ones, every column of d/dkernel would be the same sum.
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape), jnp.float32)
+    grads, ref_grads = vjp(g), ref_vjp(g)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -32,6 +36,9 @@ def test_bfloat16_compute_keeps_float32_params():
     variables = module.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
     assert module.apply(variables, x).dtype == jnp.bfloat16
+    grads = jax.grad(lambda v: module.apply(v, x).astype(jnp.float32).sum())(variables)
+    assert grads["params"]["kernel"].dtype == jnp.float32
+    np.testing.assert_allclose(grads["params"]["kernel"][0, 0], jnp.full((2, 3), 9.0), rtol=1e-2)
 
 
 @pytest.mark.parametrize(
