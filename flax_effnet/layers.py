@@ -87,23 +87,17 @@ def _correlate(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Arr
     return out
 
 
-def _input_grad_by_autodiff(g, kernel, in_hw, stride, padding):
-    """d/dx as JAX differentiates the forward: one zero-padded copy of g*tap per tap, summed.
-
-    XLA fuses the k*k pads into the consumer; fastest for 3x3 kernels."""
-    x = jnp.zeros((g.shape[0], *in_hw, g.shape[3]), g.dtype)
-    return jax.vjp(lambda x: _correlate(x, kernel, stride, padding), x)[1](g)[0]
-
-
-def _input_grad_by_phases(g, kernel, in_hw, stride, padding):
+def _depthwise_input_grad(g, kernel, in_hw, stride, padding):
     """d/dx as s*s dense correlations of g, one per output phase, interleaved.
 
     Padded input row q = m*s + r gets g[m - t] * kernel[r + s*t] for every t: for each phase r
-    that is a stride-1 correlation of g with the flipped sub-kernel kernel[r::s]. Autodiff
-    instead pads g with s-1 zeros between rows for every one of the k*k taps, and XLA:CPU's
-    fusion of 25 such pads (5x5 kernels) runs 3-8x slower than this (b0 shapes, measured).
+    that is a stride-1 correlation of g with the flipped sub-kernel kernel[r::s] (one phase when
+    s = 1). Autodiff of the forward instead pads g, with s-1 zeros between rows, once per tap;
+    XLA:CPU fuses those k*k pads into one loop that tests every pad's bounds at every pixel and
+    recomputes the fused producer of g per tap: 3-8x slower for 5x5 kernels and 2x for the 3x3
+    stride-2 one (b0 shapes, measured), and about even for 3x3 stride 1.
     """
-    s, k = stride, kernel.shape[0]
+    s = stride
     (top, _), (left, _) = padding
     h, w = in_hw
     # Phase rows m cover padded rows [0, m_h * s), enough for every input row.
@@ -120,11 +114,6 @@ def _input_grad_by_phases(g, kernel, in_hw, stride, padding):
     grid = jnp.stack(phases).reshape(s, s, n, m_h, m_w, c).transpose(2, 3, 0, 4, 1, 5)
     padded_grad = grid.reshape(n, m_h * s, m_w * s, c)
     return padded_grad[:, top : top + h, left : left + w]
-
-
-def _depthwise_input_grad(g, kernel, in_hw, stride, padding):
-    grad = _input_grad_by_autodiff if kernel.shape[0] <= 3 else _input_grad_by_phases
-    return grad(g, kernel, in_hw, stride, padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
