@@ -14,6 +14,10 @@ each torch peer is also run through `torch.compile`. Before timing, the peer's B
 calibrated on the input (see `peers.calibrate_`), its weights are copied into our variables and,
 in float32, the eval logits are checked to agree within 1e-4.
 
+`--malloc keep` runs the whole process (both contestants) with `flax_effnet.host.
+keep_freed_memory()`, as the trainer does; by default glibc's malloc hands large blocks back to
+the kernel on free, and each step of either framework page-faults them in again.
+
 Memory: on GPU, torch's `max_memory_allocated` per contestant and JAX's `peak_bytes_in_use`; on
 CPU, the growth of the process's peak RSS while a contestant runs (Linux `clear_refs` resets
 the peak between contestants), plus XLA's own buffer accounting (`memory_analysis`) for ours.
@@ -53,6 +57,7 @@ from peers import PEERS, build_peer, calibrate_  # noqa: E402
 
 from flax_effnet import EfficientNet  # noqa: E402
 from flax_effnet.convert import convert_state_dict  # noqa: E402
+from flax_effnet.host import keep_freed_memory  # noqa: E402
 from flax_effnet.layers import resolve_depthwise_impl  # noqa: E402
 from flax_effnet.specs import resolve_variant  # noqa: E402
 
@@ -322,6 +327,9 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="torch memory format; auto = on for GPU")
     p.add_argument("--depthwise-impl", default="auto", choices=["auto", "conv", "shift"])
+    p.add_argument("--malloc", default="default", choices=["default", "keep"],
+                   help="keep: flax_effnet.host.keep_freed_memory() for the whole process, so "
+                   "both contestants reuse freed memory (as the trainer does); default: glibc's")
     p.add_argument("--modes", default="eval,train")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--no-check", action="store_true", help="skip the float32 logits check")
@@ -331,6 +339,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Before the first computation (jax.default_backend() starts XLA's thread pools).
+    malloc = "keep freed memory" if args.malloc == "keep" and keep_freed_memory() else "glibc default"
     platform = jax.default_backend()
     on_gpu = args.device == "gpu" or (args.device == "auto" and platform == "gpu")
     if on_gpu and platform != "gpu":
@@ -370,7 +380,7 @@ def main(argv=None) -> int:
     impl = resolve_depthwise_impl(args.depthwise_impl)
     print(f"flax_effnet {args.variant} batch {args.batch} {size}px {args.dtype} | "
           f"jax {jax.__version__} {platform} ({jax.devices()[0].device_kind}) depthwise={impl} | "
-          f"threads: {THREADS} cores for XLA" + (
+          f"malloc: {malloc} | threads: {THREADS} cores for XLA" + (
               f", torch.get_num_threads()={__import__('torch').get_num_threads()} "
               f"torch {__import__('torch').__version__}" if peers else ""))
     ours_eval, ours_train, ours_logits = build_ours(args, ref, x_nhwc, labels, jdtype)

@@ -135,9 +135,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be positive")
 
+    from flax_effnet.host import keep_freed_memory
     from flax_effnet.infer.evaluate import evaluate, open_eval_data
     from flax_effnet.infer.predict import Predictor
 
+    keep_freed_memory()  # one forward buffer per batch, reused instead of re-faulted
     try:
         predictor = Predictor.load(args.weights, batch_size=args.batch_size)
         data = open_eval_data(

@@ -103,6 +103,8 @@ class Config:
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 3
     progress_bar: bool = True
+    # glibc malloc keeps freed memory (flax_effnet.host): saves re-faulting each step's buffers.
+    keep_freed_memory: bool = True
 
 
 def _variant_preset(name: str) -> dict:

@@ -33,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing so that --help is instant.
     import jax
 
+    from flax_effnet.host import keep_freed_memory
     from flax_effnet.train import distributed, loop
 
+    if config.keep_freed_memory:
+        keep_freed_memory()  # before JAX's first computation starts its thread pools
     distributed.initialize(config)  # multi-host: before anything touches a device
 
     try:
