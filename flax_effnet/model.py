@@ -25,11 +25,13 @@ from flax_effnet.layers import (
     DepthwiseImpl,
     DropPath,
     Padding,
+    PatchConv,
     PointwiseConv,
     SqueezeExcite,
     conv_init,
     dense_init,
     global_pool,
+    resolve_depthwise_impl,
     spatial_padding,
 )
 from flax_effnet.specs import BlockSpec, VariantSpec, resolve_variant, scale_network, stage_strides
@@ -103,7 +105,8 @@ class EfficientNet(nn.Module):
       dropout_rate: head dropout; None takes the variant's (0.2 for b0 ... 0.5 for b7).
       drop_path_rate: stochastic depth at the last block; rises linearly from 0 at the first.
       depthwise_impl: 'auto' (per backend), 'conv' (XLA grouped conv) or 'shift' (fused
-        multiply-adds). Params are identical; only speed differs.
+        multiply-adds, the CPU formulation, which also runs the stem conv as a patch matmul).
+        Params are identical; only speed differs.
       dtype: compute dtype (e.g. jnp.bfloat16); params stay `param_dtype`, logits are float32.
     """
 
@@ -160,9 +163,19 @@ class EfficientNet(nn.Module):
             DepthwiseConv, impl=self.depthwise_impl, dtype=self.dtype, param_dtype=self.param_dtype
         )
         se = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
+        # The CPU formulation ('shift') also runs the 3-channel stem conv as a patch matmul.
+        stem_conv = conv
+        if resolve_depthwise_impl(self.depthwise_impl) == "shift":
+            stem_conv = functools.partial(
+                PatchConv,
+                use_bias=False,
+                kernel_init=conv_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
 
         x = x.astype(self.dtype)
-        x = ConvBN(net.stem_channels, 3, 2, self.padding, conv, norm, name="stem")(x)
+        x = ConvBN(net.stem_channels, 3, 2, self.padding, stem_conv, norm, name="stem")(x)
         stage_outputs = {}  # stage -> output of its last block
         for spec in net.blocks:
             name = f"blocks_{spec.stage}_{spec.index}"

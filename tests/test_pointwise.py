@@ -1,4 +1,8 @@
-"""PointwiseConv (a 1x1 conv as a matmul) is nn.Conv's 1x1 conv: same params, outputs, gradients."""
+"""Convs computed as matmuls are nn.Conv: same params, outputs and gradients.
+
+PointwiseConv is a 1x1 conv as a matmul; PatchConv (the CPU stem) a k x k conv as a matmul over
+k*k*C_in-value patches.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flax_effnet.layers import PointwiseConv, conv_init
+from flax_effnet.layers import PatchConv, PointwiseConv, conv_init, spatial_padding
 
 
 def test_matches_nn_conv_1x1():
@@ -47,3 +51,31 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_rejects_what_is_not_a_plain_1x1_conv(kwargs):
     with pytest.raises(ValueError, match="PointwiseConv"):
         PointwiseConv(4, **kwargs).init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
+
+
+@pytest.mark.parametrize("k, stride", [(3, 2), (3, 1), (5, 2)])
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+@pytest.mark.parametrize("size", [(12, 12), (13, 10)])
+def test_patch_conv_matches_nn_conv(k, stride, padding, size):
+    rng = np.random.default_rng(k + stride + size[1])
+    x = jnp.asarray(rng.standard_normal((2, *size, 3)), jnp.float32)
+    pads = spatial_padding(x.shape, k, stride, padding)
+    ours = PatchConv(8, (k, k), (stride, stride), pads)
+    ref = nn.Conv(8, (k, k), (stride, stride), pads, use_bias=False, kernel_init=conv_init)
+    variables = ours.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].shape == (k, k, 3, 8)
+    ref_kernel = ref.init(jax.random.key(0), x)["params"]["kernel"]
+    np.testing.assert_array_equal(variables["params"]["kernel"], ref_kernel)
+
+    out, vjp = jax.vjp(lambda v, x: ours.apply(v, x), variables, x)
+    ref_out, ref_vjp = jax.vjp(lambda v, x: ref.apply(v, x), variables, x)
+    assert out.shape == ref_out.shape
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    g = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    for a, b in zip(jax.tree.leaves(vjp(g)), jax.tree.leaves(ref_vjp(g))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_patch_conv_rejects_what_it_does_not_compute():
+    with pytest.raises(ValueError, match="PatchConv"):
+        PatchConv(4, (3, 3), (2, 1)).init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
