@@ -340,7 +340,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Before the first computation (jax.default_backend() starts XLA's thread pools).
-    malloc = "keep freed memory" if args.malloc == "keep" and keep_freed_memory() else "glibc default"
+    kept = args.malloc == "keep" and keep_freed_memory()
+    malloc = "keep freed memory" if kept else "glibc default"
     platform = jax.default_backend()
     on_gpu = args.device == "gpu" or (args.device == "auto" and platform == "gpu")
     if on_gpu and platform != "gpu":
