@@ -6,6 +6,10 @@ its worker threads. glibc serves a request that size from that thread's arena wi
 `mmap`, and unmaps it again on `free`, so every step page-faults the whole buffer back in,
 zero-filled by the kernel. Measured on 2 cores: 249,000 page faults and 0.3 s of system time
 in a 1.0 s b0 train step. PyTorch's CPU allocator goes through the same `posix_memalign`.
+
+`keep_freed_memory()` stops that. The same settings for a process started from a shell:
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:\
+glibc.malloc.trim_threshold=1099511627776 python ...
 """
 
 from __future__ import annotations
@@ -17,11 +21,6 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-
-GLIBC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776"
-)
-"""The same settings for a process started from a shell: `GLIBC_TUNABLES=... python ...`."""
 
 
 def keep_freed_memory() -> bool:
