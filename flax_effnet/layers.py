@@ -204,7 +204,8 @@ class PointwiseConv(nn.Module):
     Takes `nn.Conv`'s arguments and param layout, so it drops in where a 1x1 stride-1 conv
     was. XLA:CPU runs a 1x1 `conv_general_dilated` through its generic convolution, whose
     backward pass is 2.5-4x slower than the same contraction as a dot (b0 sizes, measured);
-    the forward results are identical.
+    the forward results are identical. `flat_weight_grad` takes the weight gradient through
+    `pointwise_matmul`'s hand-written VJP (for XLA:CPU; no forward-mode autodiff through it).
     """
 
     features: int
@@ -215,6 +216,7 @@ class PointwiseConv(nn.Module):
     kernel_init: Any = conv_init
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    flat_weight_grad: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -229,7 +231,12 @@ class PointwiseConv(nn.Module):
         shape = (1, 1, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return pointwise_matmul(x, kernel[0, 0])
+        matmul = pointwise_matmul if self.flat_weight_grad else _matmul_last_axis
+        return matmul(x, kernel[0, 0])
+
+
+def _matmul_last_axis(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 @jax.custom_vjp
@@ -241,7 +248,7 @@ def pointwise_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     more than the matmul itself (b0: 60-90 ms per step for one layer). Flattening both to
     (N*H*W, C) first gives a plain x^T g that needs no copy: b0's train step 1.25x faster.
     """
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    return _matmul_last_axis(x, w)
 
 
 def _pointwise_fwd(x, w):

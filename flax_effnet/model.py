@@ -105,8 +105,10 @@ class EfficientNet(nn.Module):
       dropout_rate: head dropout; None takes the variant's (0.2 for b0 ... 0.5 for b7).
       drop_path_rate: stochastic depth at the last block; rises linearly from 0 at the first.
       depthwise_impl: 'auto' (per backend), 'conv' (XLA grouped conv) or 'shift' (fused
-        multiply-adds, the CPU formulation, which also runs the stem conv as a patch matmul).
-        Params are identical; only speed differs.
+        multiply-adds; the CPU formulation, which also runs the stem conv as a patch matmul
+        and takes 1x1 weight gradients as 2-D matmuls). Params are identical; only speed
+        differs. 'shift' has hand-written gradients, so forward-mode autodiff (jax.jvp)
+        needs 'conv'.
       dtype: compute dtype (e.g. jnp.bfloat16); params stay `param_dtype`, logits are float32.
     """
 
@@ -155,17 +157,23 @@ class EfficientNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        # 'shift' is the CPU formulation: besides the depthwise conv, it takes 1x1 weight
+        # gradients as 2-D matmuls and runs the 3-channel stem conv as a patch matmul.
+        cpu_formulation = resolve_depthwise_impl(self.depthwise_impl) == "shift"
         # Every 1x1 conv (expand, project, head) is a matmul; same params as nn.Conv.
         pointwise = functools.partial(
-            PointwiseConv, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
+            PointwiseConv,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            flat_weight_grad=cpu_formulation,
         )
         depthwise = functools.partial(
             DepthwiseConv, impl=self.depthwise_impl, dtype=self.dtype, param_dtype=self.param_dtype
         )
         se = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
-        # The CPU formulation ('shift') also runs the 3-channel stem conv as a patch matmul.
         stem_conv = conv
-        if resolve_depthwise_impl(self.depthwise_impl) == "shift":
+        if cpu_formulation:
             stem_conv = functools.partial(
                 PatchConv,
                 use_bias=False,

@@ -121,3 +121,20 @@ def test_invalid_impl_raises():
     x = jnp.zeros((1, 8, 8, 4))
     with pytest.raises(ValueError, match="depthwise_impl"):
         DepthwiseConv(3, impl="fft").init(jax.random.key(0), x)
+
+
+def test_shift_input_gradient_is_the_transpose_of_conv_forward_mode(reference):
+    """<u, J v> from forward mode (jax.jvp, which needs 'conv': 'shift' has hand-written
+    VJPs) equals <J^T u, v> from the 'shift' model's reverse mode, through every layer."""
+    x, (variables, _) = reference
+    rng = np.random.default_rng(2)
+    v = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def logits(impl):
+        model = EfficientNet(TINY, num_classes=10, depthwise_impl=impl)
+        return lambda x: model.apply(variables, x)
+
+    out, jv = jax.jit(lambda x, v: jax.jvp(logits("conv"), (x,), (v,)))(x, v)
+    u = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    jtu = jax.jit(lambda x, u: jax.vjp(logits("shift"), x)[1](u)[0])(x, u)
+    np.testing.assert_allclose(jnp.vdot(u, jv), jnp.vdot(jtu, v), rtol=1e-4)

@@ -13,9 +13,10 @@ from flax import linen as nn
 from flax_effnet.layers import PatchConv, PointwiseConv, conv_init, spatial_padding
 
 
-def test_matches_nn_conv_1x1():
+@pytest.mark.parametrize("flat_weight_grad", [False, True])
+def test_matches_nn_conv_1x1(flat_weight_grad):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 7, 6)), jnp.float32)
-    ours = PointwiseConv(4, kernel_init=conv_init)
+    ours = PointwiseConv(4, kernel_init=conv_init, flat_weight_grad=flat_weight_grad)
     ref = nn.Conv(4, (1, 1), use_bias=False, kernel_init=conv_init)
     variables = ours.init(jax.random.key(0), x)
     ref_vars = ref.init(jax.random.key(0), x)
@@ -34,9 +35,10 @@ def test_matches_nn_conv_1x1():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_compute_keeps_float32_params():
+@pytest.mark.parametrize("flat_weight_grad", [False, True])
+def test_bfloat16_compute_keeps_float32_params(flat_weight_grad):
     x = jnp.ones((1, 3, 3, 2), jnp.float32)
-    module = PointwiseConv(3, dtype=jnp.bfloat16)
+    module = PointwiseConv(3, dtype=jnp.bfloat16, flat_weight_grad=flat_weight_grad)
     variables = module.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
     assert module.apply(variables, x).dtype == jnp.bfloat16
