@@ -60,9 +60,13 @@ def resolve_depthwise_impl(impl: DepthwiseImpl) -> Literal["conv", "shift"]:
     return impl
 
 
-def _shifted_windows(xp: jax.Array, kh: int, kw: int, stride: int, out_h: int, out_w: int):
-    """The kh*kw strided views of the padded input that meet kernel tap (i, j), row-major."""
+def _shifted_windows(x: jax.Array, kh: int, kw: int, stride: int, padding):
+    """The kh*kw strided views of the padded NHWC input that meet kernel tap (i, j), row-major;
+    each has the convolution's output shape."""
+    xp = jnp.pad(x, [(0, 0), *padding, (0, 0)])
     n, _, _, c = xp.shape
+    out_h = (xp.shape[1] - kh) // stride + 1
+    out_w = (xp.shape[2] - kw) // stride + 1
     for i in range(kh):
         for j in range(kw):
             yield jax.lax.slice(
@@ -77,11 +81,8 @@ def _correlate(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Arr
     """Per-channel cross-correlation of NHWC `x` with a (kh, kw, 1, C) kernel, as a sum of
     strided slices times taps; the kernel need not be square."""
     kh, kw = kernel.shape[:2]
-    xp = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    out_h = (xp.shape[1] - kh) // stride + 1
-    out_w = (xp.shape[2] - kw) // stride + 1
     out = None
-    for t, window in enumerate(_shifted_windows(xp, kh, kw, stride, out_h, out_w)):
+    for t, window in enumerate(_shifted_windows(x, kh, kw, stride, padding)):
         term = window * kernel[t // kw, t % kw, 0]
         out = term if out is None else out + term
     return out
@@ -146,10 +147,9 @@ def _depthwise_shift_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     k = kernel.shape[0]
     dx = _depthwise_input_grad(g, kernel, x.shape[1:3], stride, padding)
-    xp = jnp.pad(x, [(0, 0), *padding, (0, 0)])
     # Accumulate in float32 even for bf16 activations: each sum runs over N*H*W terms.
     g32 = g.astype(jnp.float32)
-    windows = _shifted_windows(xp, k, k, stride, g.shape[1], g.shape[2])
+    windows = _shifted_windows(x, k, k, stride, padding)
     products = tuple(w.astype(jnp.float32) * g32 for w in windows)
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
     partial_sums = jax.lax.reduce(
@@ -298,11 +298,8 @@ class PatchConv(nn.Module):
         shape = (kh, kw, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        xp = jnp.pad(x, [(0, 0), *self.padding, (0, 0)])
-        out_h = (xp.shape[1] - kh) // stride + 1
-        out_w = (xp.shape[2] - kw) // stride + 1
         # Channel order (i, j, c) is the row-major order of the kernel's first three axes.
-        patches = jnp.concatenate(list(_shifted_windows(xp, kh, kw, stride, out_h, out_w)), -1)
+        patches = jnp.concatenate(list(_shifted_windows(x, kh, kw, stride, self.padding)), -1)
         return pointwise_matmul(patches, kernel.reshape(-1, self.features))
 
 

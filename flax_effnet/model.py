@@ -142,13 +142,6 @@ class EfficientNet(nn.Module):
           num_classes is 0/None, or the tuple of stage outputs.
         """
         net = scale_network(self.variant, self.drop_path_rate)
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -172,15 +165,13 @@ class EfficientNet(nn.Module):
             DepthwiseConv, impl=self.depthwise_impl, dtype=self.dtype, param_dtype=self.param_dtype
         )
         se = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
-        stem_conv = conv
-        if cpu_formulation:
-            stem_conv = functools.partial(
-                PatchConv,
-                use_bias=False,
-                kernel_init=conv_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+        stem_conv = functools.partial(
+            PatchConv if cpu_formulation else nn.Conv,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
         x = x.astype(self.dtype)
         x = ConvBN(net.stem_channels, 3, 2, self.padding, stem_conv, norm, name="stem")(x)
