@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_effnet.layers import (
+    BatchNormAct,
     DepthwiseConv,
     DepthwiseImpl,
     DropPath,
@@ -56,8 +57,7 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         pads = spatial_padding(x.shape, k, self.stride, self.padding)
         x = self.conv(self.features, (k, k), (self.stride, self.stride), pads, name="conv")(x)
-        x = self.norm(name="bn")(x)
-        return nn.silu(x) if self.act else x
+        return self.norm(act=self.act, name="bn")(x)
 
 
 class MBConv(nn.Module):
@@ -80,9 +80,9 @@ class MBConv(nn.Module):
         shortcut = x
         if s.expanded_channels != s.in_channels:
             x = self.conv(s.expanded_channels, (1, 1), name="conv_exp")(x)
-            x = nn.silu(self.norm(name="bn_exp")(x))
+            x = self.norm(act=True, name="bn_exp")(x)
         x = self.depthwise(s.kernel_size, s.stride, self.padding, name="conv_dw")(x)
-        x = nn.silu(self.norm(name="bn_dw")(x))
+        x = self.norm(act=True, name="bn_dw")(x)
         x = self.se(s.se_channels, name="se")(x)
         x = self.conv(s.out_channels, (1, 1), name="conv_pwl")(x)
         x = self.norm(name="bn_pwl")(x)
@@ -106,9 +106,9 @@ class EfficientNet(nn.Module):
       drop_path_rate: stochastic depth at the last block; rises linearly from 0 at the first.
       depthwise_impl: 'auto' (per backend), 'conv' (XLA grouped conv) or 'shift' (fused
         multiply-adds; the CPU formulation, which also runs the stem conv as a patch matmul
-        and takes 1x1 weight gradients as 2-D matmuls). Params are identical; only speed
-        differs. 'shift' has hand-written gradients, so forward-mode autodiff (jax.jvp)
-        needs 'conv'.
+        and takes 1x1 weight and BatchNorm + SiLU gradients by hand). Params are identical;
+        only speed differs. 'shift' has hand-written gradients, so forward-mode autodiff
+        (jax.jvp) needs 'conv'.
       dtype: compute dtype (e.g. jnp.bfloat16); params stay `param_dtype`, logits are float32.
     """
 
@@ -142,17 +142,19 @@ class EfficientNet(nn.Module):
           num_classes is 0/None, or the tuple of stage outputs.
         """
         net = scale_network(self.variant, self.drop_path_rate)
+        # 'shift' is the CPU formulation: besides the depthwise conv, it takes 1x1 weight
+        # gradients as 2-D matmuls, BatchNorm + SiLU gradients by hand, and runs the
+        # 3-channel stem conv as a patch matmul.
+        cpu_formulation = resolve_depthwise_impl(self.depthwise_impl) == "shift"
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNormAct,
+            fused_grad=cpu_formulation,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        # 'shift' is the CPU formulation: besides the depthwise conv, it takes 1x1 weight
-        # gradients as 2-D matmuls and runs the 3-channel stem conv as a patch matmul.
-        cpu_formulation = resolve_depthwise_impl(self.depthwise_impl) == "shift"
         # Every 1x1 conv (expand, project, head) is a matmul; same params as nn.Conv.
         pointwise = functools.partial(
             PointwiseConv,
