@@ -331,9 +331,9 @@ def batch_norm_act_train(x, scale, bias, epsilon: float, dtype, act: bool):
 
     Autodiff of flax's BatchNorm + SiLU stores the normalised output for SiLU's gradient and
     reduces g three times (for the bias, the scale, and the variance's path to x). The
-    textbook gradient needs only x and two sums, sum(g') and sum(g' * x_hat), taken in one
-    pass: dx = scale * rstd * (g' - mean(g') - x_hat * mean(g' * x_hat)), where g' is g
-    through SiLU's derivative, recomputed from x.
+    textbook gradient needs only x and two sums, sum(g') and sum(g' * x_hat):
+    dx = scale * rstd * (g' - mean(g') - x_hat * mean(g' * x_hat)), where g' is g through
+    SiLU's derivative, recomputed from x.
     """
     return _batch_norm_act_fwd(x, scale, bias, epsilon, dtype, act)[0]
 

@@ -84,7 +84,9 @@ def test_training_matches_flax_batchnorm(act, fused_grad):
     (d_params, dx), (ref_d_params, ref_dx) = vjp(g), ref_vjp(g)
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
     for name in ("scale", "bias"):
-        np.testing.assert_allclose(d_params["bn"][name], ref_d_params["bn"][name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            d_params["bn"][name], ref_d_params["bn"][name], rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("fused_grad", [False, True])
@@ -93,7 +95,8 @@ def test_eval_uses_running_statistics(fused_grad):
     variables = {"params": {"bn": params}, "batch_stats": {"bn": stats}}
     y = Ours(True, fused_grad).apply(variables, x, False)
     xhat = (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3)
-    np.testing.assert_allclose(y, nn.silu(xhat * params["scale"] + params["bias"]), rtol=1e-5, atol=1e-6)
+    expected = nn.silu(xhat * params["scale"] + params["bias"])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_stats_take_no_gradient():
@@ -102,7 +105,8 @@ def test_batch_stats_take_no_gradient():
 
     def mean_of_new_mean(x):
         _, updates = Ours(True, True).apply(
-            {"params": {"bn": params}, "batch_stats": {"bn": stats}}, x, True, mutable=["batch_stats"]
+            {"params": {"bn": params}, "batch_stats": {"bn": stats}}, x, True,
+            mutable=["batch_stats"],
         )
         return updates["batch_stats"]["bn"]["mean"].sum()
 
@@ -120,11 +124,14 @@ def test_bfloat16_compute_matches_float32():
     assert dx.dtype == jnp.bfloat16 and d_params["bn"]["scale"].dtype == jnp.float32
     np.testing.assert_allclose(dx.astype(jnp.float32), ref_dx, rtol=5e-2, atol=5e-2)
     for name in ("scale", "bias"):
-        np.testing.assert_allclose(d_params["bn"][name], ref_d_params["bn"][name], rtol=5e-2, atol=0.2)
+        np.testing.assert_allclose(
+            d_params["bn"][name], ref_d_params["bn"][name], rtol=5e-2, atol=0.2
+        )
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(axis=1), dict(axis_name="batch"), dict(use_bias=False), dict(use_fast_variance=False)]
+    "kwargs",
+    [dict(axis=1), dict(axis_name="batch"), dict(use_bias=False), dict(use_fast_variance=False)],
 )
 def test_fused_grad_rejects_settings_it_does_not_compute(kwargs):
     x, *_ = _data()
