@@ -257,7 +257,7 @@ def pointwise_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _pointwise_fwd(x, w):
-    return pointwise_matmul(x, w), (x, w)
+    return _matmul_last_axis(x, w), (x, w)
 
 
 def _pointwise_bwd(residuals, g):

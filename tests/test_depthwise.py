@@ -168,7 +168,5 @@ def test_shift_training_gradients_match_conv(reference):
     # Biases just before a BatchNorm have a true gradient of 0, so round-off is judged against
     # the size of the gradients overall.
     scale = max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(ref))
-    for path, a, b in zip(
-        jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(ours), jax.tree.leaves(ref)
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale, err_msg=str(path[0]))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale, err_msg=str(path))
