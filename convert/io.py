@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import ml_dtypes  # bfloat16 for numpy: bf16 safetensors files read without torch
 import numpy as np
 
 from flax_effnet.convert.errors import CheckpointReadError, ConversionError, UnsafeCheckpointError
@@ -73,6 +74,11 @@ def _import_torch():
     return torch
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """numpy floats, and ml_dtypes' bfloat16, which numpy does not count as floating."""
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
+
+
 def to_numpy(value) -> np.ndarray:
     """A torch tensor or array -> numpy; floating dtypes become float32."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch for numpy input
@@ -81,7 +87,7 @@ def to_numpy(value) -> np.ndarray:
             t = t.float()
         return t.numpy()
     arr = np.asarray(value)
-    return arr.astype(np.float32) if np.issubdtype(arr.dtype, np.floating) else arr
+    return arr.astype(np.float32) if _is_float(arr.dtype) else arr
 
 
 def _dtype_name(value) -> str:
@@ -176,11 +182,11 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path, use_ema: bool) -> Checkpoint:
+    """No torch needed: numpy reads every dtype, bf16 through ml_dtypes (imported above)."""
     from safetensors import safe_open
 
-    _import_torch()  # framework="pt" reads bf16/fp16 that numpy cannot hold
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError, OSError: header or data cut short
