@@ -19,7 +19,7 @@ import numpy as np
 from flax_effnet.layers import dense_init
 from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
-from flax_effnet.pretrained import save_pretrained, unflatten_variables
+from flax_effnet.pretrained import check_replaceable, save_pretrained, unflatten_variables
 from flax_effnet.specs import scale_network
 
 from flax_effnet.convert.detect import detect_format, detect_variant, observed_signature
@@ -242,13 +242,13 @@ def convert_file(
       format, variant, num_classes: as in `convert_state_dict`.
       use_ema: take EMA weights from a container holding both (default: regular weights).
       unsafe: allow pickled modules / TorchScript (executes code from the file).
-      overwrite: replace an existing `out`.
+      overwrite: replace an existing `out`, if it is a weights directory holding nothing else.
 
     Returns:
       (model, variables, info).
     """
-    if out is not None and Path(out).exists() and not overwrite:
-        raise ConversionError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if out is not None:
+        check_replaceable(out, overwrite)  # before reading: refuse an output that may not be replaced
     ckpt = read_checkpoint(src, use_ema=use_ema, unsafe=unsafe)
     model, variables, info = convert_state_dict(
         ckpt.tensors, format, variant, num_classes=num_classes, hints=tuple(ckpt.hints)

@@ -262,8 +262,40 @@ def test_existing_output_is_kept(b0, tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     assert _cli(src, "-o", out) == 1
     assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    # --overwrite replaces only a weights directory: this one is the user's, and is kept.
+    assert _cli(src, "-o", out, "--overwrite") == 1
+    assert "not a flax_effnet weights directory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_of_the_current_directory_is_refused(b0, tmp_path, monkeypatch, capsys):
+    """`-o . --overwrite` once emptied the working directory; now nothing in it is touched."""
+    _, regular, _ = b0
+    monkeypatch.chdir(tmp_path)
+    torch.save(regular, "b0.pth")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _cli("b0.pth", "-o", ".", "--overwrite") == 1
+    assert "not a flax_effnet weights directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_overwrite_replaces_a_weights_directory_atomically(b0, tmp_path, capsys):
+    _, regular, _ = b0
+    src = tmp_path / "b0.pth"
+    torch.save(regular, src)
+    out = tmp_path / "out"
+    assert _cli(src, "-o", out, "--num-classes", "3") == 0
     assert _cli(src, "-o", out, "--overwrite") == 0
-    load_pretrained(out)
+    model, _ = load_pretrained(out)
+    assert model.num_classes == 1000
+    # No temporary or backup directory is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b0.pth", "out"]
+    # A weights directory that also holds the user's files is not replaced either.
+    (out / "README.md").write_text("mine")
+    assert _cli(src, "-o", out, "--overwrite", "--num-classes", "3") == 1
+    assert "README.md" in capsys.readouterr().err
+    assert load_pretrained(out)[0].num_classes == 1000 and (out / "README.md").exists()
 
 
 def test_verify_prints_logit_difference(b0, tmp_path, capsys):
