@@ -22,6 +22,7 @@ from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import check_replaceable, save_pretrained, unflatten_variables
 from flax_effnet.specs import scale_network
 
+from flax_effnet.convert import pretrained_cfg
 from flax_effnet.convert.detect import detect_format, detect_variant, observed_signature
 from flax_effnet.convert.errors import ConversionError, KeyMismatchError
 from flax_effnet.convert.formats import key_table
@@ -44,6 +45,8 @@ class ConversionInfo:
       classifier: 'converted', 'new' (freshly initialised for `num_classes`), or 'none'.
       padding, bn_epsilon, bn_momentum: the Flax model's settings (momentum in Flax's sense).
       preprocessing: eval preprocessing of these weights.
+      preprocessing_source: where `preprocessing` came from (the format's default, a timm
+        pretrained_cfg beside the file, an AdvProp tag in its name).
       prefix: key prefix that was stripped ('module.', ...).
       notes: everything detected or assumed, one sentence each.
       ignored: torch keys deliberately not converted.
@@ -59,6 +62,7 @@ class ConversionInfo:
     bn_epsilon: float
     bn_momentum: float
     preprocessing: Preprocessing
+    preprocessing_source: str = ""
     prefix: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
@@ -73,6 +77,7 @@ class ConversionInfo:
             "classifier": self.classifier,
             "prefix": self.prefix,
             **self.file,
+            "preprocessing_from": self.preprocessing_source,
             "notes": list(self.notes),
             "converter": CONVERTER,
         }
@@ -214,6 +219,7 @@ def convert_state_dict(
         bn_epsilon=model.bn_epsilon,
         bn_momentum=model.bn_momentum,
         preprocessing=fmt.preprocessing(variant),
+        preprocessing_source=f"{fmt.name} default for this architecture",
         prefix=prefix,
         notes=notes,
         ignored=[prefix + k for k in ignored],
@@ -254,6 +260,10 @@ def convert_file(
         ckpt.tensors, format, variant, num_classes=num_classes, hints=tuple(ckpt.hints)
     )
     info.notes = ckpt.notes + info.notes
+    info.preprocessing, info.preprocessing_source, prep_notes = pretrained_cfg.resolve(
+        info.preprocessing, ckpt.pretrained_cfg, ckpt.hints, info.format
+    )
+    info.notes += prep_notes
     if not ckpt.container:
         info.notes.insert(0, "plain state_dict" + (" (EMA weights)" if ckpt.ema else ""))
     info.file = {

@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pp = info.preprocessing
     print(
-        f"  preprocessing: input {pp.input_size}, crop_pct {pp.crop_pct:.4g}, {pp.interpolation}, "
-        f"mean {pp.mean}, std {pp.std}"
+        f"  preprocessing ({info.preprocessing_source}): input {pp.input_size}, crop_pct "
+        f"{pp.crop_pct:.4g}, {pp.interpolation}, mean {pp.mean}, std {pp.std}"
     )
     if args.verify:
         status = _verify(args, model, variables, info)

@@ -43,6 +43,8 @@ class Checkpoint:
       source_dtypes: the floating dtypes the file stored ('float16', ...).
       kind: 'safetensors', 'torch' (weights-only pickle), 'pickled-module' or 'torchscript'.
       notes: human-readable remarks (e.g. which container was used).
+      pretrained_cfg: (timm pretrained_cfg dict, where it was found) when the file or a
+        neighbouring config.json has one: the preprocessing the weights were trained with.
     """
 
     tensors: dict[str, np.ndarray]
@@ -52,6 +54,7 @@ class Checkpoint:
     source_dtypes: list[str] = dataclasses.field(default_factory=list)
     kind: str = "torch"
     notes: list[str] = dataclasses.field(default_factory=list)
+    pretrained_cfg: tuple[dict, str] | None = None
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -158,20 +161,22 @@ def unwrap_container(obj: Any, use_ema: bool = False) -> tuple[dict, str, bool, 
     return state, ".".join(path), ema, hints
 
 
-def _neighbour_config_hints(path: Path) -> list[str]:
-    """Architecture names from a config.json beside the file (how the HF hub ships timm weights)."""
+def _neighbour_config(path: Path) -> tuple[list[str], tuple[dict, str] | None]:
+    """Architecture names and the timm `pretrained_cfg` from a config.json beside the file
+    (how the Hugging Face hub ships timm weights)."""
     cfg = path.parent / "config.json"
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError):
-        return []
+        return [], None
     if not isinstance(data, dict) or data.get("format") == "flax_effnet":
-        return []
+        return [], None
     hints = [str(data[k]) for k in ("architecture", "arch", "model_name") if isinstance(data.get(k), str)]
     pc = data.get("pretrained_cfg")
     if isinstance(pc, dict) and isinstance(pc.get("architecture"), str):
         hints.append(pc["architecture"])
-    return [f"config.json: {h}" for h in hints]
+    found = (pc, str(cfg)) if isinstance(pc, dict) else None
+    return [f"config.json: {h}" for h in hints], found
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -258,7 +263,9 @@ def read_checkpoint(path: str | os.PathLike, *, use_ema: bool = False, unsafe: b
         ckpt = _read_safetensors(path, use_ema)
     else:
         ckpt = _read_torch(path, use_ema=use_ema, unsafe=unsafe)
-    ckpt.hints += _neighbour_config_hints(path) + [f"file name: {path.name}"]
+    hints, pretrained_cfg = _neighbour_config(path)
+    ckpt.hints += hints + [f"file name: {path.name}"]
+    ckpt.pretrained_cfg = ckpt.pretrained_cfg or pretrained_cfg
     return ckpt
 
 
@@ -297,16 +304,19 @@ def _read_torch(path: Path, *, use_ema: bool, unsafe: bool) -> Checkpoint:
             f"cannot read {path}: truncated, corrupt, or not a PyTorch checkpoint "
             f"({type(e).__name__}: {_first_line(str(e))})"
         ) from None
-    hints = []
+    hints, pretrained_cfg = [], None
     if isinstance(obj, torch.nn.Module):
         cfg = getattr(obj, "pretrained_cfg", None) or {}
         hints += [type(obj).__module__ + "." + type(obj).__name__]
         if isinstance(cfg, Mapping) and isinstance(cfg.get("architecture"), str):
             hints.append(cfg["architecture"])
+        if isinstance(cfg, Mapping) and cfg.get("mean") is not None:
+            pretrained_cfg = (dict(cfg), f"the pickled module's pretrained_cfg ({path.name})")
         obj = dict(obj.state_dict())
         kind = "pickled-module"
     ckpt = _finish(obj, kind=kind, use_ema=use_ema)
     ckpt.hints += hints
+    ckpt.pretrained_cfg = pretrained_cfg
     return ckpt
 
 
