@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from flax_effnet.images import ImageLoadError
 from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import load_pretrained_full, save_pretrained
@@ -385,7 +386,10 @@ def train_and_evaluate(
 
     try:
         for step in range(start_step, setup.total_steps):
-            local = next(train_iter)
+            try:
+                local = next(train_iter)
+            except ImageLoadError as e:  # a long run of unreadable records: the data is broken
+                raise UnreadableDataError(f"training images cannot be read: {e}") from None
             if batch_callback is not None:
                 batch_callback(step, local)
             for key in local["replaced"][local["replaced"] >= 0]:
@@ -431,6 +435,9 @@ def train_and_evaluate(
                 run_eval(setup.total_steps)
             save(setup.total_steps)
     finally:
+        train_iter.close()  # stops the decoding workers
+        local = batch = None  # the last batch lives in the workers' shared memory
+        input_pipeline.release_shared_memory()
         bar.close()
         preempt.close()
         writer.close()
