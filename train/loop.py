@@ -35,7 +35,7 @@ from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import load_pretrained_full, save_pretrained
 from flax_effnet.train import config as config_lib
-from flax_effnet.train import distributed, input_pipeline, optim, sharding, sources, state as state_lib, steps
+from flax_effnet.train import default_dataset, distributed, input_pipeline, optim, sharding, sources, state as state_lib, steps
 from flax_effnet.train.checkpoint import Checkpointer, PreemptionFlag
 from flax_effnet.train.metrics import MetricWriter
 
@@ -474,6 +474,6 @@ def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, conf
             out, model.clone(dtype=jnp.float32), variables, prep, class_names=class_names, overwrite=True,
             source={"format": "flax_effnet.train", "weights": use, "step": int(jax.device_get(state.step)),
                     "top1": last_eval.get(f"{'ema' if use == 'ema' else 'eval'}/top1"),
-                    "data_dir": config.data_dir or "patterns-v1"},
+                    "data_dir": config.data_dir or default_dataset.NAME},
         )
     return {"export": str(out), "exported_weights": use}
