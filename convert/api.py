@@ -20,6 +20,7 @@ from flax_effnet.layers import dense_init
 from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import save_pretrained, unflatten_variables
+from flax_effnet.registry import family_of, find_model_name
 from flax_effnet.specs import scale_network
 
 from flax_effnet.convert.detect import detect_format, detect_variant, observed_signature
@@ -40,6 +41,10 @@ class ConversionInfo:
       format: source format name ('torchvision', 'timm', 'timm_tf', 'efficientnet_pytorch',
         'seed000', 'seed004').
       variant: 'b0'..'b7'.
+      family: the model family (`flax_effnet.registry`), e.g. 'efficientnet'.
+      model_name: the registered model whose architecture the weights have (e.g.
+        'tf_efficientnet_b0'), or None when no registered model matches (torchvision's b5-b7
+        keep BN eps 1e-3 with symmetric padding, which no timm name has).
       num_classes: classifier size of the Flax model (0: no classifier).
       classifier: 'converted', 'new' (freshly initialised for `num_classes`), or 'none'.
       padding, bn_epsilon, bn_momentum: the Flax model's settings (momentum in Flax's sense).
@@ -59,6 +64,8 @@ class ConversionInfo:
     bn_epsilon: float
     bn_momentum: float
     preprocessing: Preprocessing
+    family: str = "efficientnet"
+    model_name: str | None = None
     prefix: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
@@ -69,6 +76,8 @@ class ConversionInfo:
         """The provenance block saved in config.json's 'source'."""
         return {
             "format": self.format,
+            "family": self.family,
+            "model_name": self.model_name,
             "variant": self.variant,
             "classifier": self.classifier,
             "prefix": self.prefix,
@@ -214,6 +223,8 @@ def convert_state_dict(
         bn_epsilon=model.bn_epsilon,
         bn_momentum=model.bn_momentum,
         preprocessing=fmt.preprocessing(variant),
+        family=family_of(model).name,
+        model_name=find_model_name(model),
         prefix=prefix,
         notes=notes,
         ignored=[prefix + k for k in ignored],
