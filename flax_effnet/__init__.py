@@ -19,6 +19,10 @@ from flax_effnet.registry import (
     register_model,
 )
 from flax_effnet.model import EfficientNet, MBConv, stage_channels
+from flax_effnet.mobilenetv1 import MobileNetV1
+from flax_effnet.mobilenetv2 import MobileNetV2
+from flax_effnet.rexnet import ReXNet
+from flax_effnet.rexnet_lite import ReXNetLite
 from flax_effnet.pretrained import load_pretrained, save_pretrained
 from flax_effnet.specs import (
     BASE_STAGES,
@@ -40,8 +44,12 @@ __all__ = [
     "EfficientNet",
     "Family",
     "MBConv",
+    "MobileNetV1",
+    "MobileNetV2",
     "ModelEntry",
     "Preprocessing",
+    "ReXNet",
+    "ReXNetLite",
     "SqueezeExcite",
     "StageSpec",
     "VariantSpec",

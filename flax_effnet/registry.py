@@ -96,7 +96,9 @@ def register_family(family: Family) -> Family:
     """Add a family; registering a second, different family under a taken name is an error."""
     missing = [f for f in family.weight_fields if f not in module_fields(family.module)]
     if missing:
-        raise ValueError(f"family {family.name}: {family.module.__name__} has no field(s) {missing}")
+        raise ValueError(
+            f"family {family.name}: {family.module.__name__} has no field(s) {missing}"
+        )
     known = _FAMILIES.get(family.name)
     if known is not None and known != family:
         raise ValueError(f"family {family.name!r} is already registered ({known.module.__name__})")

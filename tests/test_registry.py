@@ -38,7 +38,8 @@ def test_efficientnet_is_registered_under_timm_names():
 
 
 @pytest.mark.parametrize(
-    "name, padding, eps", [("efficientnet_b2", "symmetric", 1e-5), ("tf_efficientnet_b2", "same", 1e-3)]
+    "name, padding, eps",
+    [("efficientnet_b2", "symmetric", 1e-5), ("tf_efficientnet_b2", "same", 1e-3)],
 )
 def test_create_model_sets_the_named_fields_and_overrides(name, padding, eps):
     model = create_model(name, num_classes=7, dtype=jnp.bfloat16)
@@ -51,7 +52,9 @@ def test_create_model_sets_the_named_fields_and_overrides(name, padding, eps):
 
 
 def test_unknown_names_and_fields_list_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'efficientnet_b9'.*efficientnet_b0.*tf_efficientnet_b7"):
+    with pytest.raises(
+        ValueError, match="unknown model 'efficientnet_b9'.*efficientnet_b0.*tf_efficientnet_b7"
+    ):
         create_model("efficientnet_b9")
     with pytest.raises(ValueError, match="no field.*widht.*known: variant, num_classes"):
         create_model("efficientnet_b0", widht=2)
@@ -73,7 +76,9 @@ def test_preprocessing_is_timms_pretrained_cfg(torchvision_ops):
     checked = 0
     for name, tag in TIMM_TAGS.items():
         cfg = get_pretrained_cfg(f"{name}.{tag}")
-        want = Preprocessing(cfg.input_size[-1], cfg.crop_pct, cfg.interpolation, tuple(cfg.mean), tuple(cfg.std))
+        want = Preprocessing(
+            cfg.input_size[-1], cfg.crop_pct, cfg.interpolation, tuple(cfg.mean), tuple(cfg.std)
+        )
         assert model_entry(name).preprocessing == want, name
         checked += 1
     assert checked == len(list_models("*efficientnet_*"))
@@ -89,7 +94,9 @@ def _tiny_variables(model, size=32):
 def test_weights_directory_names_its_family_and_round_trips(tmp_path):
     model = create_model("efficientnet_b0", num_classes=3, dropout_rate=0.1)
     variables = _tiny_variables(model)
-    out = save_pretrained(tmp_path / "w", model, variables, model_entry("efficientnet_b0").preprocessing)
+    out = save_pretrained(
+        tmp_path / "w", model, variables, model_entry("efficientnet_b0").preprocessing
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["format_version"] == 2
     assert config["model"]["family"] == "efficientnet"
@@ -145,7 +152,10 @@ def test_converter_names_the_registered_model(name):
     from flax_effnet.specs import scale_network
 
     fmt = FORMATS["timm_tf" if name.startswith("tf_") else "timm"]
-    state = {r.torch_key: np.zeros(r.torch_shape, np.float32) for r in key_table(fmt, scale_network("b0"), "classifier", 4)}
+    state = {
+        r.torch_key: np.zeros(r.torch_shape, np.float32)
+        for r in key_table(fmt, scale_network("b0"), "classifier", 4)
+    }
     model, _, info = convert_state_dict(state, format=fmt.name)
     assert (info.family, info.model_name) == ("efficientnet", name)
     assert model == create_model(name, num_classes=4)
