@@ -59,6 +59,11 @@ class EfficientNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @property
+    def network(self):
+        """The scaled block list (`scale_network`), as every family's `network` gives it."""
+        return scale_network(self.variant, self.drop_path_rate)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False, return_stages: bool = False
@@ -77,7 +82,7 @@ class EfficientNet(nn.Module):
           float32 logits (N, num_classes), pooled float32 features (N, head_channels) when
           num_classes is 0/None, or the tuple of stage outputs.
         """
-        net = scale_network(self.variant, self.drop_path_rate)
+        net = self.network
         ops = network_ops(
             train=train,
             depthwise_impl=self.depthwise_impl,

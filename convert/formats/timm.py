@@ -18,9 +18,10 @@ from flax_effnet.registry import model_entry
 from flax_effnet.convert.formats.base import SourceFormat, count_by_stage, variant_name
 
 
-def _block(spec, _global_index):
+def block_names(spec, _global_index):
+    """timm's `DepthwiseSeparableConv` / `InvertedResidual` names (EfficientNet and MobileNetV2)."""
     p = f"blocks.{spec.stage}.{spec.index}"
-    se = {"se/reduce": f"{p}.se.conv_reduce", "se/expand": f"{p}.se.conv_expand"}
+    se = {"se/reduce": f"{p}.se.conv_reduce", "se/expand": f"{p}.se.conv_expand"} if spec.se_channels else {}
     if spec.expanded_channels == spec.in_channels:  # DepthwiseSeparableConv
         return {"conv_dw": f"{p}.conv_dw", "bn_dw": f"{p}.bn1", **se, "conv_pwl": f"{p}.conv_pw", "bn_pwl": f"{p}.bn2"}
     return {
@@ -51,9 +52,11 @@ _COMMON = dict(
     stem=("conv_stem", "bn1"),
     head=("conv_head", "bn2"),
     classifier=("classifier",),
-    block=_block,
+    block=block_names,
     blocks_per_stage=_blocks_per_stage,
     bn_momentum=lambda variant: 0.9,
+    # timm's MobileNets share `conv_stem`; only the EfficientNets have squeeze-excite.
+    signature=r"blocks\.\d+\.\d+\.se\.conv_reduce\.",
 )
 
 TIMM = SourceFormat(
