@@ -82,10 +82,10 @@ def run(args) -> list[dict]:
             per_epoch = len(source) // args.batch_size
             for kind in ("train", "eval"):
                 if kind == "train":
+                    n = args.batches
                     batches = input_pipeline.train_loader(
                         source, global_batch_size=args.batch_size, prep=prep,
-                        crop=input_pipeline.CropSpec(), seed=0, num_workers=workers)
-                    n = args.batches
+                        crop=input_pipeline.CropSpec(), seed=0, num_batches=n + 1, num_workers=workers)
                 else:  # one pass over the images (eval is a single epoch)
                     batches = input_pipeline.eval_batches(
                         source, global_batch_size=args.batch_size, prep=prep, num_workers=workers)

@@ -20,9 +20,10 @@ from flax import linen as nn
 
 from flax_effnet.layers import dense_init
 from flax_effnet.preprocessing import Preprocessing
-from flax_effnet.pretrained import save_pretrained, unflatten_variables
+from flax_effnet.pretrained import check_replaceable, save_pretrained, unflatten_variables
 from flax_effnet.registry import find_model_name, get_family
 
+from flax_effnet.convert import pretrained_cfg
 from flax_effnet.convert.detect import architecture, detect_format
 from flax_effnet.convert.errors import ConversionError, KeyMismatchError, UnknownVariantError
 from flax_effnet.convert.formats.base import IGNORED_SUFFIXES
@@ -51,6 +52,8 @@ class ConversionInfo:
       classifier: 'converted', 'new' (freshly initialised for `num_classes`), or 'none'.
       padding, bn_epsilon, bn_momentum: the Flax model's settings (momentum in Flax's sense).
       preprocessing: eval preprocessing of these weights.
+      preprocessing_source: where `preprocessing` came from (the format's default, a timm
+        pretrained_cfg beside the file, an AdvProp tag in its name).
       prefix: key prefix that was stripped ('module.', ...).
       notes: everything detected or assumed, one sentence each.
       ignored: torch keys deliberately not converted.
@@ -66,6 +69,7 @@ class ConversionInfo:
     bn_epsilon: float
     bn_momentum: float
     preprocessing: Preprocessing
+    preprocessing_source: str = ""
     family: str = "efficientnet"
     model_name: str | None = None
     prefix: str = ""
@@ -84,6 +88,7 @@ class ConversionInfo:
             "classifier": self.classifier,
             "prefix": self.prefix,
             **self.file,
+            "preprocessing_from": self.preprocessing_source,
             "notes": list(self.notes),
             "converter": CONVERTER,
         }
@@ -246,6 +251,7 @@ def convert_state_dict(
         bn_epsilon=model.bn_epsilon,
         bn_momentum=model.bn_momentum,
         preprocessing=fmt.eval_preprocessing(model),
+        preprocessing_source=f"{fmt.name} default for this architecture",
         family=family.name,
         model_name=find_model_name(model),
         prefix=prefix,
@@ -276,18 +282,22 @@ def convert_file(
       format, variant, num_classes: as in `convert_state_dict`.
       use_ema: take EMA weights from a container holding both (default: regular weights).
       unsafe: allow pickled modules / TorchScript (executes code from the file).
-      overwrite: replace an existing `out`.
+      overwrite: replace an existing `out`, if it is a weights directory holding nothing else.
 
     Returns:
       (model, variables, info).
     """
-    if out is not None and Path(out).exists() and not overwrite:
-        raise ConversionError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if out is not None:
+        check_replaceable(out, overwrite)  # before reading: refuse an output that may not be replaced
     ckpt = read_checkpoint(src, use_ema=use_ema, unsafe=unsafe)
     model, variables, info = convert_state_dict(
         ckpt.tensors, format, variant, num_classes=num_classes, hints=tuple(ckpt.hints)
     )
     info.notes = ckpt.notes + info.notes
+    info.preprocessing, info.preprocessing_source, prep_notes = pretrained_cfg.resolve(
+        info.preprocessing, ckpt.pretrained_cfg, ckpt.hints, info.format
+    )
+    info.notes += prep_notes
     if not ckpt.container:
         info.notes.insert(0, "plain state_dict" + (" (EMA weights)" if ckpt.ema else ""))
     info.file = {

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow whole pickled nn.Modules and TorchScript archives (runs code stored in the file)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is a weights directory (anything else is never replaced)",
+    )
     parser.add_argument(
         "--verify", action="store_true", help="run the PyTorch reference (when importable) and the Flax model; print the max logit difference"
     )
@@ -67,12 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out(args.src)
     # Imported here so `--help` is instant.
     from flax_effnet.convert.api import convert_file
-    from flax_effnet.pretrained import save_pretrained
+    from flax_effnet.pretrained import check_replaceable, save_pretrained
 
     start = time.perf_counter()
     try:
-        if out.exists() and not args.overwrite:
-            raise ConversionError(f"{out} exists; pass --overwrite to replace it")
+        check_replaceable(out, args.overwrite)  # before any work: refuse what may not be replaced
         # With --verify nothing is written until the check has passed.
         model, variables, info = convert_file(
             args.src,
@@ -99,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pp = info.preprocessing
     print(
-        f"  preprocessing: input {pp.input_size}, crop_pct {pp.crop_pct:.4g}, {pp.interpolation}, "
-        f"mean {pp.mean}, std {pp.std}"
+        f"  preprocessing ({info.preprocessing_source}): input {pp.input_size}, crop_pct "
+        f"{pp.crop_pct:.4g}, {pp.interpolation}, mean {pp.mean}, std {pp.std}"
     )
     if args.verify:
         status = _verify(args, model, variables, info)

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import ml_dtypes  # bfloat16 for numpy: bf16 safetensors files read without torch
 import numpy as np
 
 from flax_effnet.convert.errors import CheckpointReadError, ConversionError, UnsafeCheckpointError
@@ -42,6 +43,8 @@ class Checkpoint:
       source_dtypes: the floating dtypes the file stored ('float16', ...).
       kind: 'safetensors', 'torch' (weights-only pickle), 'pickled-module' or 'torchscript'.
       notes: human-readable remarks (e.g. which container was used).
+      pretrained_cfg: (timm pretrained_cfg dict, where it was found) when the file or a
+        neighbouring config.json has one: the preprocessing the weights were trained with.
     """
 
     tensors: dict[str, np.ndarray]
@@ -51,6 +54,7 @@ class Checkpoint:
     source_dtypes: list[str] = dataclasses.field(default_factory=list)
     kind: str = "torch"
     notes: list[str] = dataclasses.field(default_factory=list)
+    pretrained_cfg: tuple[dict, str] | None = None
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -73,6 +77,11 @@ def _import_torch():
     return torch
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """numpy floats, and ml_dtypes' bfloat16, which numpy does not count as floating."""
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
+
+
 def to_numpy(value) -> np.ndarray:
     """A torch tensor or array -> numpy; floating dtypes become float32."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch for numpy input
@@ -81,7 +90,7 @@ def to_numpy(value) -> np.ndarray:
             t = t.float()
         return t.numpy()
     arr = np.asarray(value)
-    return arr.astype(np.float32) if np.issubdtype(arr.dtype, np.floating) else arr
+    return arr.astype(np.float32) if _is_float(arr.dtype) else arr
 
 
 def _dtype_name(value) -> str:
@@ -152,20 +161,22 @@ def unwrap_container(obj: Any, use_ema: bool = False) -> tuple[dict, str, bool, 
     return state, ".".join(path), ema, hints
 
 
-def _neighbour_config_hints(path: Path) -> list[str]:
-    """Architecture names from a config.json beside the file (how the HF hub ships timm weights)."""
+def _neighbour_config(path: Path) -> tuple[list[str], tuple[dict, str] | None]:
+    """Architecture names and the timm `pretrained_cfg` from a config.json beside the file
+    (how the Hugging Face hub ships timm weights)."""
     cfg = path.parent / "config.json"
     try:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError):
-        return []
+        return [], None
     if not isinstance(data, dict) or data.get("format") == "flax_effnet":
-        return []
+        return [], None
     hints = [str(data[k]) for k in ("architecture", "arch", "model_name") if isinstance(data.get(k), str)]
     pc = data.get("pretrained_cfg")
     if isinstance(pc, dict) and isinstance(pc.get("architecture"), str):
         hints.append(pc["architecture"])
-    return [f"config.json: {h}" for h in hints]
+    found = (pc, str(cfg)) if isinstance(pc, dict) else None
+    return [f"config.json: {h}" for h in hints], found
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -176,11 +187,11 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path, use_ema: bool) -> Checkpoint:
+    """No torch needed: numpy reads every dtype, bf16 through ml_dtypes (imported above)."""
     from safetensors import safe_open
 
-    _import_torch()  # framework="pt" reads bf16/fp16 that numpy cannot hold
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError, OSError: header or data cut short
@@ -252,7 +263,9 @@ def read_checkpoint(path: str | os.PathLike, *, use_ema: bool = False, unsafe: b
         ckpt = _read_safetensors(path, use_ema)
     else:
         ckpt = _read_torch(path, use_ema=use_ema, unsafe=unsafe)
-    ckpt.hints += _neighbour_config_hints(path) + [f"file name: {path.name}"]
+    hints, pretrained_cfg = _neighbour_config(path)
+    ckpt.hints += hints + [f"file name: {path.name}"]
+    ckpt.pretrained_cfg = ckpt.pretrained_cfg or pretrained_cfg
     return ckpt
 
 
@@ -291,16 +304,19 @@ def _read_torch(path: Path, *, use_ema: bool, unsafe: bool) -> Checkpoint:
             f"cannot read {path}: truncated, corrupt, or not a PyTorch checkpoint "
             f"({type(e).__name__}: {_first_line(str(e))})"
         ) from None
-    hints = []
+    hints, pretrained_cfg = [], None
     if isinstance(obj, torch.nn.Module):
         cfg = getattr(obj, "pretrained_cfg", None) or {}
         hints += [type(obj).__module__ + "." + type(obj).__name__]
         if isinstance(cfg, Mapping) and isinstance(cfg.get("architecture"), str):
             hints.append(cfg["architecture"])
+        if isinstance(cfg, Mapping) and cfg.get("mean") is not None:
+            pretrained_cfg = (dict(cfg), f"the pickled module's pretrained_cfg ({path.name})")
         obj = dict(obj.state_dict())
         kind = "pickled-module"
     ckpt = _finish(obj, kind=kind, use_ema=use_ema)
     ckpt.hints += hints
+    ckpt.pretrained_cfg = pretrained_cfg
     return ckpt
 
 

@@ -88,7 +88,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         predictor = Predictor.load(args.weights, batch_size=args.batch_size)
-    except NotAPretrainedDirError as e:
+    except ValueError as e:  # NotAPretrainedDirError (damaged, not ours), or no classifier
         return _fail(str(e))
     result = predictor.predict(args.inputs, top_k=args.top_k)
     _report_errors(result.errors)

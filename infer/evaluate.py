@@ -23,13 +23,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from flax_effnet.infer.predict import (
-    IMAGE_EXTENSIONS,
-    ImageLoadError,
-    InputError,
-    Predictor,
-    open_image,
-)
+from flax_effnet.images import ImageLoadError, class_folders, decode_image, image_files
+from flax_effnet.infer.predict import InputError, Predictor
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_TFDS_SPLIT = "validation"
@@ -108,22 +103,17 @@ class ImageFolderData:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a directory of class folders")
-        subdirs = {d.name for d in root.iterdir() if d.is_dir()}
+        subdirs = set(class_folders(root))
         if subdirs and subdirs <= {"train", "val", "test"} and "val" in subdirs:
             root = root / "val"  # the trainer's split layout: evaluate on its held-out images
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        classes = class_folders(root)
         if not classes:
             raise FileNotFoundError(f"{root} holds no class folders (expected root/<class>/*.jpg)")
         to_index = map_class_names(classes, predictor.class_names, predictor.num_classes)
         self.name = str(root)
         self.items: list[tuple[str, int]] = []
         for cls_name, label in zip(classes, to_index):
-            files = sorted(
-                f
-                for f in (root / cls_name).rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            self.items.extend((str(f), label) for f in files)
+            self.items.extend((str(f), label) for f in image_files(root / cls_name))
         if not self.items:
             raise FileNotFoundError(f"no image files under the class folders of {root}")
 
@@ -132,7 +122,7 @@ class ImageFolderData:
 
     def load(self, i: int) -> tuple[Image.Image, int]:
         path, label = self.items[i]
-        return open_image(path), label
+        return decode_image(path), label
 
     def describe(self, i: int) -> str:
         return self.items[i][0]
@@ -181,13 +171,11 @@ class TfdsData:
             example = self._source[i]
         except Exception as e:  # noqa: BLE001 - a corrupt record is skipped like a bad file
             raise ImageLoadError(f"unreadable record: {e}") from None
-        image = np.asarray(example[self._image_key])
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = image[..., 0]
+        image = decode_image(np.asarray(example[self._image_key]))
         label = int(example[self._label_key])
         if self._remap is not None:
             label = self._remap[label]
-        return Image.fromarray(image).convert("RGB"), label
+        return image, label
 
     def describe(self, i: int) -> str:
         return f"{self.name}[{i}]"

@@ -30,8 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from flax_effnet.images import IMAGE_EXTENSIONS, ImageLoadError, decode_image, image_files
 from flax_effnet.preprocessing import Preprocessing, eval_transform
 from flax_effnet.pretrained import (
     CONFIG_FILE,
@@ -41,15 +42,7 @@ from flax_effnet.pretrained import (
     load_pretrained_full,
 )
 
-# What a folder is searched for (torchvision's ImageFolder list, plus .webp and .jfif).
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
-)  # fmt: skip
 IMAGENET_NUM_CLASSES = 1000
-
-
-class ImageLoadError(ValueError):
-    """An input could not be read as an image."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,37 +133,25 @@ def class_names_for(pretrained: Pretrained) -> tuple[str, ...]:
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully, upright (EXIF orientation applied), in RGB.
+    """Decode an image file fully, upright, in RGB: `flax_effnet.images.decode_image`, the
+    decoder the trainer uses too.
 
     Raises:
       ImageLoadError: missing, unreadable, truncated or not an image; the message says which.
     """
-    try:
-        with Image.open(path) as image:
-            image.load()  # PIL decodes lazily; truncated files only fail here
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageLoadError("no such file") from None
-    except IsADirectoryError:
-        raise ImageLoadError("is a directory") from None
-    except Image.UnidentifiedImageError:
-        raise ImageLoadError("not an image file PIL can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"unreadable image: {e}") from None
+    return decode_image(path)
 
 
 def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[InputError]]:
-    """Expand folders (recursively, sorted, files with an image extension) and keep files as
-    given; a path that does not exist becomes an error rather than stopping the others."""
+    """Expand folders (`flax_effnet.images.image_files`: recursive, sorted, image extensions,
+    hidden entries skipped) and keep files as given; a path that does not exist becomes an
+    error rather than stopping the others."""
     paths: list[str] = []
     errors: list[InputError] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            found = [str(f) for f in image_files(p)]
             if not found:
                 errors.append(InputError(str(item), "folder holds no image files"))
             paths.extend(found)

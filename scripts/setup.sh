@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs flax_effnet with everything the trainer, converter
-# and tests need. Safe to re-run: pip skips what is already satisfied.
+# Creates .venv (if missing) and installs flax_effnet into it. Safe to re-run: pip skips what
+# is already satisfied.
+#   bash scripts/setup.sh train   the trainer only (what `scripts/train.sh` needs; no PyTorch)
+#   bash scripts/setup.sh test    everything: CPU PyTorch, the converter, the reference
+#                                 PyTorch models and the test tools (what `scripts/test.sh` needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-test}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-# torch first and pinned to its CPU build: any unpinned spec would pull GBs of CUDA wheels,
-# and once 2.13.0 is installed the `torch>=2.1` of the convert extra is already satisfied.
-"${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[all]"
-# Reference model code for the equivalence tests. Their metadata asks for a newer torch (and
-# torchvision's compiled ops do not match the CPU torch), so: no deps; tests/conftest.py
-# registers the two op schemas torchvision's import needs.
-"${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31"
+case "$MODE" in
+  train)
+    "${PIP[@]}" -e ".[train]"
+    ;;
+  test)
+    # The CPU build of torch, pinned by its local version `+cpu`: PyPI's torch wheels are CUDA
+    # builds (GBs), and PyPI carries no `+cpu` version, so where no local or configured index
+    # has it, it comes from PyTorch's CPU index. Installed first, so nothing below pulls another.
+    TORCH="torch==2.13.0+cpu"
+    "${PIP[@]}" "$TORCH" 2>/dev/null \
+      || "${PIP[@]}" "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" -e ".[all]"
+    # Reference model code for the equivalence tests. Their metadata asks for a newer torch (and
+    # torchvision's compiled ops do not match the CPU torch), so: no deps;
+    # flax_effnet.convert.verify.import_torchvision registers the two op schemas its import needs.
+    "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31"
+    ;;
+  *)
+    echo "usage: bash scripts/setup.sh [train|test]" >&2
+    exit 2
+    ;;
+esac

@@ -5,5 +5,5 @@
 # Rerunning resumes from the run's workdir (default runs/patterns-tiny); remove it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh train
 exec .venv/bin/python -m flax_effnet.train "$@"

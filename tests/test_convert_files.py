@@ -262,8 +262,40 @@ def test_existing_output_is_kept(b0, tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     assert _cli(src, "-o", out) == 1
     assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    # --overwrite replaces only a weights directory: this one is the user's, and is kept.
+    assert _cli(src, "-o", out, "--overwrite") == 1
+    assert "not a flax_effnet weights directory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_of_the_current_directory_is_refused(b0, tmp_path, monkeypatch, capsys):
+    """`-o . --overwrite` once emptied the working directory; now nothing in it is touched."""
+    _, regular, _ = b0
+    monkeypatch.chdir(tmp_path)
+    torch.save(regular, "b0.pth")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _cli("b0.pth", "-o", ".", "--overwrite") == 1
+    assert "not a flax_effnet weights directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_overwrite_replaces_a_weights_directory_atomically(b0, tmp_path, capsys):
+    _, regular, _ = b0
+    src = tmp_path / "b0.pth"
+    torch.save(regular, src)
+    out = tmp_path / "out"
+    assert _cli(src, "-o", out, "--num-classes", "3") == 0
     assert _cli(src, "-o", out, "--overwrite") == 0
-    load_pretrained(out)
+    model, _ = load_pretrained(out)
+    assert model.num_classes == 1000
+    # No temporary or backup directory is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b0.pth", "out"]
+    # A weights directory that also holds the user's files is not replaced either.
+    (out / "README.md").write_text("mine")
+    assert _cli(src, "-o", out, "--overwrite", "--num-classes", "3") == 1
+    assert "README.md" in capsys.readouterr().err
+    assert load_pretrained(out)[0].num_classes == 1000 and (out / "README.md").exists()
 
 
 def test_verify_prints_logit_difference(b0, tmp_path, capsys):
@@ -288,3 +320,60 @@ def test_model_package_imports_without_torch():
         "assert 'flax_effnet.convert' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture(scope="module")
+def tf_b0_state(torchvision_ops):
+    import timm
+
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_b0").state_dict().items()}
+
+
+ADVPROP_CFG = {  # timm 1.0.31 tf_efficientnet_b0.ap_in1k, as the hub's config.json carries it
+    "tag": "ap_in1k", "input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.875,
+    "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_classes": 1000,
+}
+
+
+def test_preprocessing_comes_from_a_neighbouring_pretrained_cfg(tf_b0_state, tmp_path, capsys):
+    """AdvProp weights expect mean = std = 0.5; the hub's config.json says so, and that wins."""
+    from safetensors.torch import save_file
+
+    from flax_effnet.infer.predict import Predictor
+
+    save_file(tf_b0_state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architecture": "tf_efficientnet_b0", "num_classes": 1000, "pretrained_cfg": ADVPROP_CFG}))
+    assert _cli(tmp_path / "model.safetensors", "-o", tmp_path / "out") == 0
+    assert f"timm pretrained_cfg in {tmp_path / 'config.json'}" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and config["preprocessing"]["std"] == [0.5, 0.5, 0.5]
+    assert config["source"]["preprocessing_from"] == f"timm pretrained_cfg in {tmp_path / 'config.json'}"
+    assert Predictor.load(tmp_path / "out").preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("name, mean", [
+    ("tf_efficientnet_b0.ap_in1k.pth", (0.5, 0.5, 0.5)),
+    ("tf_efficientnet_b0_ap-f262efe1.pth", (0.5, 0.5, 0.5)),  # timm < 0.9 release file name
+    ("tf_efficientnet_b0.ns_jft_in1k.pth", (0.485, 0.456, 0.406)),  # Noisy Student: ImageNet's
+])
+def test_advprop_tag_in_the_file_name_sets_its_normalisation(tf_b0_state, tmp_path, name, mean):
+    torch.save(tf_b0_state, tmp_path / name)
+    _, _, info = convert_file(tmp_path / name)
+    assert info.format == "timm_tf" and info.preprocessing.mean == mean
+    assert ("AdvProp" in info.preprocessing_source) == (mean == (0.5, 0.5, 0.5)), info.preprocessing_source
+
+
+def test_bf16_safetensors_convert_without_torch_dtypes(tf_b0_state, tmp_path):
+    """bf16 tensors are read through numpy (ml_dtypes), no torch needed, and become float32."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in tf_b0_state.items()},
+              str(tmp_path / "tf_efficientnet_b0.safetensors"))
+    _, variables, info = convert_file(tmp_path / "tf_efficientnet_b0.safetensors")
+    assert info.file["stored_dtypes"] == ["bfloat16"]
+    kernel = variables["params"]["stem"]["conv"]["kernel"]
+    want = tf_b0_state["conv_stem.weight"].bfloat16().float().permute(2, 3, 1, 0).numpy()
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(kernel, want)

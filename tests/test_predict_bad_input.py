@@ -185,3 +185,64 @@ def test_class_names_come_from_checkpoint_else_imagenet_else_indices(predictor):
     assert class_names_for(fake(1000, None)) == names
     assert class_names_for(fake(2, ("a", "b"))) == ("a", "b")
     assert class_names_for(fake(2, None)) == ("class_0", "class_1")
+
+
+def _damaged_copy(checkpoint, tmp_path, damage: str):
+    """A copy of the tiny checkpoint with one kind of damage."""
+    import json
+    import shutil
+
+    from flax_effnet.pretrained import VARIABLES_FILE
+
+    weights = tmp_path / damage
+    shutil.copytree(checkpoint, weights)
+    config_path = weights / "config.json"
+    config = json.loads(config_path.read_text())
+    if damage == "backbone-only":
+        config["model"]["num_classes"] = 0
+        config["class_names"] = None
+    elif damage == "truncated-variables":
+        data = (weights / VARIABLES_FILE).read_bytes()
+        (weights / VARIABLES_FILE).write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-variables":
+        (weights / VARIABLES_FILE).write_bytes(b"\x00" * 64)
+    elif damage == "variables-of-another-model":
+        config["model"]["num_classes"] = 5
+        config["class_names"] = list("abcde")
+    elif damage == "unknown-variant":
+        config["model"]["variant"] = "b99"
+    elif damage == "bad-model-field":
+        config["model"]["paddding"] = "same"
+    config_path.write_text(json.dumps(config))
+    return weights
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("backbone-only", "no classifier"),
+        ("truncated-variables", "corrupt or truncated"),
+        ("garbage-variables", "corrupt or truncated"),
+        ("variables-of-another-model", "params/classifier/kernel: expected (320, 5), found (320, 3)"),
+        ("unknown-variant", "model description is not valid: unknown EfficientNet variant 'b99'"),
+        ("bad-model-field", "model description is not valid"),
+    ],
+)
+def test_damaged_weights_directory_is_a_named_error(checkpoint, tmp_path, mixed_folder, capsys, damage, message):
+    """Each used to end in a traceback; now a message naming the problem, and exit status 2."""
+    weights = _damaged_copy(checkpoint, tmp_path, damage)
+    _, good = mixed_folder
+    assert predict_main([str(weights), str(good[0])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_image_with_malformed_exif_is_predicted(predictor, tmp_path, capsys, checkpoint):
+    """PIL's exif_transpose raises struct.error on this EXIF; the image itself is fine."""
+    from test_images import _asymmetric, _malformed_exif
+
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(_asymmetric(64, 48)).save(path, exif=_malformed_exif())
+    result = predictor.predict([path], top_k=1)
+    assert not result.errors and len(result.predictions) == 1
+    assert predict_main([str(checkpoint), str(path)]) == 0

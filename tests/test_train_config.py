@@ -50,3 +50,32 @@ def test_config_roundtrip(tmp_path):
     c = config_lib.parse_args(["--preset", "b1", "--seed", "7"])
     config_lib.save_config(c, tmp_path / "config.json")
     assert config_lib.load_config(tmp_path / "config.json") == c
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset", "imagenet2012"], "write tfds:imagenet2012"),  # was an IndexError
+        (["--checkpoint-every-steps", "0"], "--checkpoint-every-steps must be at least 1"),  # ZeroDivisionError
+        (["--workdir", "gs://bucket/run"], "is a URL"),  # silently became ./gs:/bucket/run
+        (["--batch-size", "-4"], "--batch-size must be at least 1"),
+        (["--optimizer", "adam"], "--optimizer must be one of rmsprop, sgd, adamw"),
+        (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+        (["--mean", "0.5,0.5"], "--mean and --std take three values"),
+        (["--variant", "b9"], "--variant must be one of"),
+        (["--num-workers", "-1"], "--num-workers must not be negative"),
+    ],
+)
+def test_bad_flags_are_usage_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config_lib.parse_args(flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_all_problems_are_named_at_once():
+    with pytest.raises(ValueError) as e:
+        config_lib.make_config("b0", batch_size=0, log_every_steps=0, workdir="s3://x/y")
+    for message in ("--batch-size must be", "--log-every-steps must be", "is a URL"):
+        assert message in str(e.value)

@@ -56,31 +56,63 @@ def test_random_crop_box_respects_area_and_aspect():
         assert 0.7 <= w / h <= 1.4 or (w, h) == (80, 60)
 
 
-def _loader(source, seed=0):
-    return input_pipeline.train_loader(source, global_batch_size=8, prep=PREP,
-                                       crop=input_pipeline.CropSpec(), seed=seed)
+def _batches(source, n, *, seed=0, start=0, workers=0):
+    loader = input_pipeline.train_loader(source, global_batch_size=8, prep=PREP, crop=input_pipeline.CropSpec(),
+                                         seed=seed, num_batches=start + n, start=start, num_workers=workers)
+    return list(loader)
 
 
-def test_train_batches_are_deterministic_and_resumable(patterns):
+def test_train_batches_are_deterministic_and_resumable_at_any_step(patterns):
     src = sources.open_image_folder(patterns).train
-    it = iter(_loader(src))
-    first = [next(it) for _ in range(3)]
+    first = _batches(src, 10)  # crosses into the second epoch (6 batches per epoch)
     assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
-    assert first[0]["label"].dtype == np.int32
-    state = it.get_state()
-    rest = [next(it) for _ in range(7)]  # crosses into the second epoch (6 batches per epoch)
-    epoch1 = np.concatenate([b["index"] for b in first + rest[:3]])
+    assert first[0]["label"].dtype == np.int32 and np.all(first[0]["replaced"] == -1)
+    epoch1 = np.concatenate([b["index"] for b in first[:6]])
     assert sorted(epoch1.tolist()) == list(range(48))  # an epoch sees every image once
-    again = iter(_loader(src))
-    np.testing.assert_array_equal(next(again)["image"], first[0]["image"])
-    resumed = iter(_loader(src))
-    resumed.set_state(state)
-    for want in rest:
-        got = next(resumed)
+    np.testing.assert_array_equal(_batches(src, 1)[0]["image"], first[0]["image"])
+    # A run resumed at step 3 reads batch 3 next: the position in the data is the step.
+    for want, got in zip(first[3:], _batches(src, 7, start=3)):
         np.testing.assert_array_equal(got["index"], want["index"])
         np.testing.assert_array_equal(got["image"], want["image"])
-    other = next(iter(_loader(src, seed=1)))
+    other = _batches(src, 1, seed=1)[0]
     assert not np.array_equal(other["index"], first[0]["index"])
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(patterns):
+    """So a run may resume with another --num-workers (grain's own iterator state refused it)."""
+    src = sources.open_image_folder(patterns).train
+    in_process = _batches(src, 5, start=2)
+    for workers in (1, 2):
+        for want, got in zip(in_process, _batches(src, 5, start=2, workers=workers)):
+            np.testing.assert_array_equal(got["index"], want["index"])
+            np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_unreadable_training_images_are_replaced_and_reported(patterns, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(patterns, root)
+    bad = sorted((root / "train" / "dots").glob("*.jpg"))[2]
+    bad.write_bytes(b"not a jpeg")
+    src = sources.open_image_folder(root).train
+    bad_key = [src.describe(i) for i in range(len(src))].index(str(bad))
+    batches = _batches(src, 6)  # one epoch
+    replaced = np.concatenate([b["replaced"] for b in batches])
+    assert replaced[replaced >= 0].tolist() == [bad_key]
+    index = np.concatenate([b["index"] for b in batches])
+    assert bad_key not in index.tolist()
+    assert index[replaced == bad_key].tolist() == [bad_key + 1]  # the next readable record, same class
+    assert all(b["image"].shape == (8, 32, 32, 3) for b in batches)
+
+
+def test_unreadable_eval_images_are_masked_out(patterns, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(patterns, root)
+    sorted((root / "val" / "grid").glob("*.jpg"))[0].write_bytes(b"")
+    src = sources.open_image_folder(root).val
+    heard = []
+    batches = list(input_pipeline.EvalData(src, global_batch_size=8, prep=PREP, on_unreadable=heard.append))
+    assert [src.describe(k) for k in heard] == [str(sorted((root / "val" / "grid").glob("*.jpg"))[0])]
+    assert sum(int(b["mask"].sum()) for b in batches) == 17
 
 
 def test_eval_batches_cover_the_set_once_with_a_mask(patterns):

@@ -4,6 +4,7 @@ last good checkpoint; fine-tuning from a converted checkpoint re-initialises the
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -62,8 +63,8 @@ def test_default_run_learns(tmp_path_factory, tmp_path):
     assert any((tmp_path / "run" / "tb").iterdir())
 
 
-def test_resume_after_sigterm_is_exact(data, tmp_path):
-    def run(workdir, stop_at=None):
+def test_resume_after_sigterm_is_exact_even_with_other_workers(data, tmp_path):
+    def run(workdir, stop_at=None, **overrides):
         seen = []
 
         def record(step, batch):
@@ -71,14 +72,15 @@ def test_resume_after_sigterm_is_exact(data, tmp_path):
             if step == stop_at:  # preemption arrives while step `stop_at` runs
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        summary = loop.train_and_evaluate(tiny_config(data, workdir, num_steps=6), batch_callback=record)
-        return summary, seen
+        config = tiny_config(data, workdir, num_steps=6, **overrides)
+        return loop.train_and_evaluate(config, batch_callback=record), seen
 
     straight, seen_straight = run(tmp_path / "a")
     first, seen_first = run(tmp_path / "b", stop_at=2)
     assert first["preempted"] and first["steps"] == 3
     assert (tmp_path / "b" / "checkpoints" / "3").is_dir() and not (tmp_path / "b" / "export").exists()
-    second, seen_second = run(tmp_path / "b")
+    # Resumed with two decoding processes instead of none (grain's iterator state refused that).
+    second, seen_second = run(tmp_path / "b", num_workers=2)
     assert not second["preempted"] and second["steps"] == 6
     assert seen_first + seen_second == seen_straight  # same batches, same order, same augmentation
     a, b = _state_tree(tmp_path / "a", 6), _state_tree(tmp_path / "b", 6)
@@ -86,6 +88,43 @@ def test_resume_after_sigterm_is_exact(data, tmp_path):
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert straight["last"]["eval/top1"] == second["last"]["eval/top1"]
+
+
+def test_unreadable_images_are_skipped_named_and_counted(data, tmp_path, capsys):
+    """One bad file used to stop the run, and every resume died at the same step."""
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    bad_train = sorted((root / "train" / "grid").glob("*.jpg"))[3]
+    bad_train.write_bytes(b"\xff\xd8 not really a JPEG")
+    bad_val = sorted((root / "val" / "dots").glob("*.jpg"))[0]
+    bad_val.write_bytes(b"")
+    # 1 of 144 training images: under a 1 % limit it is skipped.
+    summary = loop.train_and_evaluate(tiny_config(root, tmp_path / "run", num_steps=9, max_unreadable_fraction=0.01))
+    assert summary["steps"] == 9
+    assert summary["unreadable_images"] == {"train": [str(bad_train)], "val": [str(bad_val)], "replaced_examples": 1}
+    err = capsys.readouterr().err
+    assert f"skipped unreadable train image {bad_train}" in err and f"skipped unreadable val image {bad_val}" in err
+    assert summary["last"]["step"] == 9  # evaluated on the 47 readable val images
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["unreadable_images"]["train"] == [str(bad_train)]
+    # A limit of 0: the run stops at the bad image, naming it, and a rerun stops there too.
+    with pytest.raises(loop.UnreadableDataError, match=str(bad_train)):
+        loop.train_and_evaluate(tiny_config(root, tmp_path / "strict", num_steps=9, max_unreadable_fraction=0.0))
+
+
+def test_damaged_latest_checkpoint_falls_back_and_is_kept(data, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    loop.train_and_evaluate(tiny_config(data, workdir, num_steps=4, checkpoint_every_steps=2))
+    for f in (workdir / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    capsys.readouterr()
+    summary = loop.train_and_evaluate(tiny_config(data, workdir, num_steps=6, checkpoint_every_steps=2))
+    out = capsys.readouterr().out
+    assert "WARNING: checkpoint step 4" in out and "(step 2)" in out, out
+    assert summary["steps"] == 6
+    names = sorted(p.name for p in (workdir / "checkpoints").iterdir() if not p.name.startswith("_"))
+    assert "damaged-4" in names and "6" in names and "2" in names
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):

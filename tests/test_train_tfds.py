@@ -6,6 +6,7 @@ how to prepare it, without anything being downloaded."""
 import numpy as np
 import pytest
 
+from flax_effnet.images import decode_image
 from flax_effnet.preprocessing import Preprocessing, eval_transform
 from flax_effnet.train import config as config_lib
 from flax_effnet.train import default_dataset, input_pipeline, sources, tfds_source
@@ -37,7 +38,7 @@ def test_records_are_the_images_written(tfds_dir):
     for k in range(len(data.train)):
         rec = data.train[k]
         assert isinstance(rec["image"], bytes) and rec["index"] == k  # still encoded: decoded by grain
-        pixels = np.asarray(input_pipeline.decode(rec["image"])).tobytes()  # PNG: lossless
+        pixels = np.asarray(decode_image(rec["image"])).tobytes()  # PNG: lossless
         seen.add((int(rec["label"]), pixels))
     assert seen == rendered
 
@@ -48,14 +49,13 @@ def test_batches_use_the_trainer_transforms_in_worker_processes(tfds_dir):
     for b in eval_batches:
         for image, index, valid in zip(b["image"], b["index"], b["mask"]):
             if valid:
-                want = eval_transform(input_pipeline.decode(data.val[int(index)]["image"]), PREP)
+                want = eval_transform(decode_image(data.val[int(index)]["image"]), PREP)
                 np.testing.assert_array_equal(image, want)
 
     def first_batches(workers):
-        loader = input_pipeline.train_loader(data.train, global_batch_size=8, prep=PREP,
-                                             crop=input_pipeline.CropSpec(), seed=3, num_workers=workers)
-        it = iter(loader)
-        return [next(it) for _ in range(2)]
+        return list(input_pipeline.train_loader(data.train, global_batch_size=8, prep=PREP,
+                                                crop=input_pipeline.CropSpec(), seed=3, num_batches=2,
+                                                num_workers=workers))
 
     # A grain worker process gets the source pickled and re-opens the split by name.
     in_process, in_worker = first_batches(0), first_batches(1)

@@ -45,6 +45,7 @@ class Config:
     # Data.
     data_dir: str = ""  # image folder (root/train/<class>, root/val/<class>, or root/<class>); "" = built-in patterns
     val_fraction: float = 0.2  # held-out share per class when data_dir has no train/ and val/
+    max_unreadable_fraction: float = 0.01  # stop when more training images than this cannot be read (they are skipped)
     workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<variant>
     num_workers: int = 2  # grain decoding worker processes (0 = decode in the main process)
     dataset: str = ""  # "" = the image folder data_dir; tfds:NAME = a TFDS dataset prepared (ArrayRecord) in data_dir
@@ -143,8 +144,64 @@ def default_preset(data_dir: str) -> str:
     return "b0" if data_dir else "patterns"
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CHOICES = {
+    "optimizer": ("rmsprop", "sgd", "adamw"),
+    "padding": ("same", "symmetric"),
+    "compute_dtype": ("auto", "float32", "bfloat16"),
+    "distributed": ("auto", "on", "off"),
+    "interpolation": ("nearest", "bilinear", "bicubic", "lanczos"),
+}
+
+
+def config_problems(config: Config) -> list[str]:
+    """Everything wrong with a config, one line each (flag names as on the command line);
+    checked before any work, so a bad flag is a usage error and not a traceback minutes later."""
+    c, problems = config, []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for name in ("batch_size", "checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
+        need(getattr(c, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+    for name in ("num_workers", "num_steps", "eval_every_steps", "eval_batch_size", "image_size",
+                 "warmup_epochs", "weight_decay", "grad_clip_norm", "end_lr_ratio"):
+        need(getattr(c, name) >= 0, f"--{name.replace('_', '-')} must not be negative, got {getattr(c, name)}")
+    for name, choices in _CHOICES.items():
+        need(getattr(c, name) in choices, f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+             f"got {getattr(c, name)!r}")
+    need(c.num_steps > 0 or c.num_epochs > 0, f"--num-epochs must be positive, got {c.num_epochs}")
+    need(c.learning_rate > 0, f"--learning-rate must be positive, got {c.learning_rate}")
+    need(0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+    need(0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1) (0 turns EMA off), got {c.ema_decay}")
+    need(0 <= c.crop_pct <= 1, f"--crop-pct must be in (0, 1] (0: size / (size + 32)), got {c.crop_pct}")
+    need(0 < c.crop_area_min <= c.crop_area_max <= 1,
+         f"--crop-area-min/max must satisfy 0 < min <= max <= 1, got {c.crop_area_min}, {c.crop_area_max}")
+    need(0 < c.crop_aspect_min <= c.crop_aspect_max,
+         f"--crop-aspect-min/max must satisfy 0 < min <= max, got {c.crop_aspect_min}, {c.crop_aspect_max}")
+    need(0 <= c.val_fraction < 1, f"--val-fraction must be in [0, 1), got {c.val_fraction}")
+    need(0 <= c.max_unreadable_fraction <= 1,
+         f"--max-unreadable-fraction must be in [0, 1], got {c.max_unreadable_fraction}")
+    need(len(c.mean) == 3 and len(c.std) == 3 and all(v > 0 for v in c.std),
+         f"--mean and --std take three values (R,G,B), std positive; got {c.mean}, {c.std}")
+    need(c.variant in TRAIN_VARIANTS, f"--variant must be one of {', '.join(TRAIN_VARIANTS)}, got {c.variant!r}")
+    need(not c.dataset or (c.dataset.startswith("tfds:") and len(c.dataset) > len("tfds:")),
+         f"--dataset must be empty (an image folder given by --data-dir) or tfds:NAME, got {c.dataset!r}"
+         + (f"; for a TFDS dataset write tfds:{c.dataset}" if c.dataset and ":" not in c.dataset else ""))
+    need(not _URL.match(c.workdir),
+         f"--workdir {c.workdir!r} is a URL; the trainer writes its workdir (config, metrics, "
+         "TensorBoard, export) with local file operations: use a local path or a network file "
+         "system every host mounts (NFS, Filestore), and copy it to object storage afterwards")
+    return problems
+
+
 def make_config(preset: str | None = None, **overrides) -> Config:
-    """Defaults, then the preset, then `overrides` (the explicitly given flags)."""
+    """Defaults, then the preset, then `overrides` (the explicitly given flags).
+
+    Raises:
+      ValueError: an unknown preset or field, or values that cannot work (`config_problems`).
+    """
     preset = preset or default_preset(overrides.get("data_dir", "") or overrides.get("dataset", ""))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -154,9 +211,12 @@ def make_config(preset: str | None = None, **overrides) -> Config:
     config = Config(**{**PRESETS[preset], **overrides})
     if not config.workdir:
         data_name = Path(config.data_dir).resolve().name if config.data_dir else "patterns"
-        if config.dataset:  # tfds:NAME[/CONFIG][:VERSION]
-            data_name = config.dataset.split(":")[1].replace("/", "-")
+        if config.dataset.startswith("tfds:"):  # tfds:NAME[/CONFIG][:VERSION]
+            data_name = config.dataset.split(":")[1].replace("/", "-") or "tfds"
         config = dataclasses.replace(config, workdir=f"runs/{data_name}-{config.variant}")
+    problems = config_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
     return config
 
 
@@ -226,10 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    """Command line -> resolved Config."""
-    ns = vars(build_parser().parse_args(argv))
+    """Command line -> resolved Config; invalid values exit with a usage error (status 2)."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
     preset = ns.pop("preset")
-    return make_config(preset, **ns)
+    try:
+        return make_config(preset, **ns)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def to_dict(config: Config) -> dict:

@@ -127,17 +127,18 @@ def compile_steps(train_fn, eval_fn, state, *, batch_size: int, eval_batch_size:
     here and meeting at a barrier keeps the slowest compiler from failing the others' first
     step. `eval_fn` may be None. With one process this only moves compilation earlier.
     """
-    def batch(n: int, mask: bool) -> dict:
+    def batch(n: int, extra: tuple[str, jax.typing.DTypeLike]) -> dict:
         spec = {"image": jax.ShapeDtypeStruct((n, image_size, image_size, 3), jax.numpy.float32,
                                               sharding=data_sharding),
                 "label": jax.ShapeDtypeStruct((n,), jax.numpy.int32, sharding=data_sharding)}
-        if mask:
-            spec["mask"] = jax.ShapeDtypeStruct((n,), jax.numpy.bool_, sharding=data_sharding)
+        spec[extra[0]] = jax.ShapeDtypeStruct((n,), extra[1], sharding=data_sharding)
         return spec
 
-    train = train_fn.lower(state, batch(batch_size, False)).compile()
+    # Training batches carry `replaced` (the record an image stood in for), eval ones `mask`.
+    train = train_fn.lower(state, batch(batch_size, ("replaced", jax.numpy.int32))).compile()
     evaluate = None
     if eval_fn is not None:
-        evaluate = eval_fn.lower(state.params, state.batch_stats, batch(eval_batch_size, True)).compile()
+        evaluate = eval_fn.lower(state.params, state.batch_stats,
+                                 batch(eval_batch_size, ("mask", jax.numpy.bool_))).compile()
     barrier("flax_effnet_steps_compiled")
     return train, evaluate

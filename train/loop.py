@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from flax_effnet.images import ImageLoadError
 from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import load_pretrained_full, save_pretrained
@@ -39,12 +41,53 @@ from flax_effnet.train.metrics import MetricWriter
 
 # Config fields that may change between a run and its resumption without changing the run.
 _RESUME_FREE_FIELDS = {"num_workers", "progress_bar", "log_every_steps", "eval_every_steps",
+                       "max_unreadable_fraction",
                        "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "workdir",
                        "distributed", "coordinator_address", "num_processes", "process_id"}
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the run stops without saving."""
+
+
+class UnreadableDataError(ValueError):
+    """More training images than `max_unreadable_fraction` cannot be read; the run stops."""
+
+
+class UnreadableImages:
+    """The images that could not be read: named in a warning once each, counted for the summary.
+
+    In training each one was replaced by the next readable record (`sources.DecodedSource`); the
+    count of replaced examples comes from the train step's metrics, summed over the global
+    batch, so with several processes every process takes the same decision to stop.
+    """
+
+    def __init__(self, saved: dict | None = None):
+        saved = saved or {}
+        self.names = {split: list(saved.get(split, [])) for split in ("train", "val")}
+        self.replaced_examples = int(saved.get("replaced_examples", 0))
+
+    def note(self, split: str, name: str) -> None:
+        if name not in self.names[split]:
+            self.names[split].append(name)
+            # Every process warns of its own: each reads only its rows of a batch.
+            tqdm.write(f"WARNING: skipped unreadable {split} image {name}", file=sys.stderr)
+
+    def check(self, step: int, batch_size: int, num_train: int, max_fraction: float) -> None:
+        """Stop once more than `max_fraction` of the training images turn out unreadable:
+        in the first epoch each file is read once, so this counts files; later, examples."""
+        seen = max(step * batch_size, num_train)
+        if self.replaced_examples > max_fraction * seen:
+            listed = ", ".join(self.names["train"][:10]) + (" ..." if len(self.names["train"]) > 10 else "")
+            raise UnreadableDataError(
+                f"{self.replaced_examples} of the {step * batch_size} training images read by step {step} "
+                f"could not be read, more than --max-unreadable-fraction {max_fraction:g} of the "
+                f"{num_train} images; for example {listed}. Fix or remove them and rerun (the run "
+                "resumes from its last checkpoint)."
+            )
+
+    def to_dict(self) -> dict:
+        return {**self.names, "replaced_examples": self.replaced_examples}
 
 
 @dataclasses.dataclass
@@ -236,18 +279,22 @@ def train_and_evaluate(
     use_ema = config.ema_decay > 0
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 
-    train_iter = iter(input_pipeline.train_loader(
-        data.train, global_batch_size=config.batch_size, prep=prep, crop=setup.crop,
-        seed=config.seed, num_workers=config.num_workers,
-    ))
     meta = {"class_names": class_names, "best": {}}
+    unreadable = UnreadableImages()
+    restored = None
     if latest is not None:
         abstract = state_lib.abstract_train_state(model, prep.input_size, tx, ema=use_ema, sharding=repl)
-        state, saved_meta = ckpt.restore(latest, abstract, train_iter)
+        restored = ckpt.restore_latest(abstract, log)
+        if restored is None:
+            latest = None
+            log(f"WARNING: no checkpoint in {ckpt.directory} could be read; starting from scratch")
+    if restored is not None:
+        latest, state, saved_meta = restored
         if saved_meta.get("class_names") != class_names:
             raise ValueError(f"{workdir} was trained on classes {saved_meta.get('class_names')}, "
                              f"the data now has {class_names}: use another --workdir")
         meta["best"] = saved_meta.get("best", {})
+        unreadable = UnreadableImages(saved_meta.get("unreadable_images"))
         log(f"resumed from {ckpt.step_path(latest)} (step {latest})")
     else:
         variables = state_lib.init_variables(model, prep.input_size, init_rng, repl)
@@ -258,6 +305,10 @@ def train_and_evaluate(
             variables = jax.device_put(merged, repl)
         state = state_lib.create_train_state(variables, tx, train_rng, ema=use_ema, sharding=repl)
     start_step = int(jax.device_get(state.step))
+    train_iter = iter(input_pipeline.train_loader(
+        data.train, global_batch_size=config.batch_size, prep=prep, crop=setup.crop,
+        seed=config.seed, num_batches=setup.total_steps, start=start_step, num_workers=config.num_workers,
+    ))
 
     data_sh = sharding.data_sharding(mesh)
     train_fn = jax.jit(
@@ -272,6 +323,7 @@ def train_and_evaluate(
         eval_data = input_pipeline.EvalData(
             data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
             num_workers=config.num_workers,
+            on_unreadable=lambda key: unreadable.note("val", data.val.describe(key)),
         )
     train_fn, compiled_eval = distributed.compile_steps(
         train_fn, eval_fn if eval_data is not None else None, state, batch_size=config.batch_size,
@@ -308,7 +360,8 @@ def train_and_evaluate(
         nonlocal last_saved
         if last_saved == step:
             return
-        ckpt.save(step, state, train_iter, meta)
+        meta["unreadable_images"] = unreadable.to_dict()
+        ckpt.save(step, state, meta)
         last_saved = step
 
     bar = tqdm(total=setup.total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -326,15 +379,22 @@ def train_and_evaluate(
         pending = None
         last_host = {k: float(v) for k, v in jax.device_get(pmetrics).items()}
         _finite_or_raise(last_host, pstep, last_saved, ckpt.directory)
+        unreadable.replaced_examples += int(last_host["replaced"])
+        unreadable.check(pstep + 1, config.batch_size, len(data.train), config.max_unreadable_fraction)
         window["loss"].append(last_host["loss"])
         window["accuracy"].append(last_host["accuracy"])
 
     try:
         for step in range(start_step, setup.total_steps):
-            local = next(train_iter)
+            try:
+                local = next(train_iter)
+            except ImageLoadError as e:  # a long run of unreadable records: the data is broken
+                raise UnreadableDataError(f"training images cannot be read: {e}") from None
             if batch_callback is not None:
                 batch_callback(step, local)
-            batch = sharding.global_batch({"image": local["image"], "label": local["label"]}, mesh)
+            for key in local["replaced"][local["replaced"] >= 0]:
+                unreadable.note("train", data.train.describe(int(key)))
+            batch = sharding.global_batch({k: local[k] for k in ("image", "label", "replaced")}, mesh)
             state, metrics = train_fn(state, batch)
             flush_pending()  # the previous step's metrics, while this one runs
             pending = (step, metrics)
@@ -375,6 +435,9 @@ def train_and_evaluate(
                 run_eval(setup.total_steps)
             save(setup.total_steps)
     finally:
+        train_iter.close()  # stops the decoding workers
+        local = batch = None  # the last batch lives in the workers' shared memory
+        input_pipeline.release_shared_memory()
         bar.close()
         preempt.close()
         writer.close()
@@ -389,6 +452,7 @@ def train_and_evaluate(
         "best": meta["best"],
         "last": last_eval,
         "checkpoint": str(ckpt.step_path(last_saved)) if last_saved is not None else None,
+        "unreadable_images": unreadable.to_dict(),
     }
     if not preempted:
         summary.update(_export(workdir / "export", model, prep, state, class_names, last_eval, use_ema, config))

@@ -2,7 +2,7 @@
 
 Thin on purpose: parse the config, run `loop.train_and_evaluate`, print the summary.
 Exit status 0 when finished, 143 (128 + SIGTERM) when stopped by SIGTERM after saving,
-1 on a non-finite loss.
+1 on a non-finite loss or too many unreadable images, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -22,10 +22,19 @@ def _print_summary(summary: dict) -> None:
             print(line + (f"; last top-1 {last:.2%}" if last is not None else ""))
     print(f"steps {summary['steps']}/{summary['total_steps']} in {summary['wall_time_s']:.0f} s "
           f"(this invocation)")
+    bad = summary["unreadable_images"]
+    if bad["train"] or bad["val"]:
+        print(f"unreadable images skipped: {len(bad['train'])} train (replaced in "
+              f"{bad['replaced_examples']} examples by the next readable image), {len(bad['val'])} val "
+              f"(left out of the accuracy); named in the warnings above and in summary.json")
     print(f"checkpoint: {summary['checkpoint']}")
     if summary.get("export"):
         print(f"exported ({summary['exported_weights']} weights): {summary['export']}")
     print(f"metrics: {summary['workdir']}/metrics.jsonl, TensorBoard: {summary['workdir']}/tb")
+
+
+# Modules of the `train` extra: without them the trainer cannot start.
+_TRAIN_EXTRA = ("optax", "orbax", "grain", "tensorflow_datasets", "tensorboardX", "array_record")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from flax_effnet.host import keep_freed_memory
-    from flax_effnet.train import distributed, loop
+
+    try:
+        from flax_effnet.train import distributed, loop
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _TRAIN_EXTRA:
+            raise
+        print(f"error: the trainer needs {e.name}, which is not installed: "
+              "pip install 'flax-effnet[train]'", file=sys.stderr)
+        return 2
 
     if config.keep_freed_memory:
         keep_freed_memory()  # before JAX's first computation starts its thread pools
@@ -42,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = loop.train_and_evaluate(config)
-    except loop.NonFiniteLossError as e:
+    except (loop.NonFiniteLossError, loop.UnreadableDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:  # multi-host: one summary, from process 0

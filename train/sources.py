@@ -1,9 +1,12 @@
 """Data sources: random-access record lists that the input pipeline samples from.
 
 A source follows grain's `RandomAccessDataSource` protocol (`__len__`, `__getitem__`) and
-returns records `{"image": encoded bytes or HWC uint8 array, "label": int32, "index": int64}`.
-Anything with that shape plugs into `input_pipeline` unchanged: `ImageFolderSource` here,
-`tfds_source.TfdsSource` for a prepared TFDS dataset.
+returns records `{"image": encoded bytes or HWC uint8 array, "label": int32, "index": int64}`;
+`describe(i)` names record i for messages (a path, or `tfds:NAME:SPLIT[i]`). Anything with
+that shape plugs into `input_pipeline` unchanged: `ImageFolderSource` here,
+`tfds_source.TfdsSource` for a prepared TFDS dataset. `DecodedSource` wraps either: it decodes
+with `flax_effnet.images.decode_image` (the decoder predict and evaluate use) and deals with
+records that cannot be read.
 
 Sources are picklable (plain lists of paths) so grain can hand them to worker processes.
 """
@@ -17,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from flax_effnet.images import IMAGE_EXTENSIONS, ImageLoadError, class_folders, decode_image, image_files
 from flax_effnet.train import default_dataset
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # The train/val split of a single class-folder tree is fixed: it must not move when the
 # training seed changes, or "held-out" images would leak into training between runs.
 SPLIT_SEED = 20190528
@@ -42,12 +45,74 @@ class ImageFolderSource:
             data = f.read()
         return {"image": data, "label": self._labels[record_key], "index": np.int64(record_key)}
 
+    def describe(self, record_key: int) -> str:
+        return self._paths[record_key]
+
     @property
     def labels(self) -> np.ndarray:
         return self._labels
 
     def __repr__(self) -> str:
         return f"ImageFolderSource({len(self)} images)"
+
+
+class DecodedSource:
+    """A source of encoded records -> records with decoded HWC uint8 RGB images.
+
+    A record that cannot be read (missing file, not an image, truncated, corrupt TFDS record)
+    never stops the run:
+    - `substitute=True` (training): the next readable record takes its place, and the record
+      carries `replaced` = the unreadable record's key (-1 when nothing was replaced), so the
+      loop can name the file, count it and stop when too many are bad. Batches keep their size
+      and BatchNorm never sees a blank image; the order stays a pure function of the sampler,
+      so a resumed run sees the same batches.
+    - `substitute=False` (evaluation): the record comes back with `valid=False` and a 1x1 black
+      image, to be masked out of the metrics.
+    """
+
+    MAX_TRIES = 16  # consecutive unreadable records before giving up on the data
+
+    def __init__(self, source, *, substitute: bool):
+        self.source, self.substitute = source, substitute
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def describe(self, record_key: int) -> str:
+        return self.source.describe(record_key)
+
+    def _read(self, key: int) -> dict[str, Any]:
+        """The record at `key` with its image decoded; ImageLoadError when it cannot be."""
+        try:
+            record = self.source[key]
+        except OSError as e:  # the file went away or cannot be opened since the folder scan
+            raise ImageLoadError(f"cannot read: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt TFDS/ArrayRecord record
+            raise ImageLoadError(f"unreadable record: {e}") from None
+        image = np.asarray(decode_image(record["image"]))
+        return {"image": image, "label": np.int32(record["label"]), "index": np.int64(record["index"])}
+
+    def __getitem__(self, record_key: int) -> dict[str, Any]:
+        key = int(record_key)
+        if not self.substitute:
+            try:
+                return {**self._read(key), "valid": np.bool_(True)}
+            except ImageLoadError:
+                return {"image": np.zeros((1, 1, 3), np.uint8), "label": np.int32(0),
+                        "index": np.int64(key), "valid": np.bool_(False)}
+        for offset in range(self.MAX_TRIES):
+            try:
+                record = self._read((key + offset) % len(self.source))
+            except ImageLoadError:
+                continue
+            return {**record, "replaced": np.int32(key if offset else -1)}
+        raise ImageLoadError(
+            f"{self.MAX_TRIES} consecutive records from {self.describe(key)} on cannot be read; "
+            "check the data"
+        )
+
+    def __repr__(self) -> str:
+        return f"DecodedSource({self.source!r})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,22 +125,14 @@ class DatasetSplits:
     description: str
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def _class_folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def _scan(root: Path, class_names: Sequence[str]) -> tuple[list[Path], list[int]]:
     index = {name: i for i, name in enumerate(class_names)}
-    unknown = [c for c in _class_folders(root) if c not in index]
+    unknown = [c for c in class_folders(root) if c not in index]
     if unknown:
         raise ValueError(f"{root} has class folders not in the training classes: {unknown}")
     paths, labels = [], []
-    for name in _class_folders(root):
-        files = _images_in(root / name)
+    for name in class_folders(root):
+        files = image_files(root / name)
         paths += files
         labels += [index[name]] * len(files)
     return paths, labels
@@ -101,13 +158,14 @@ def open_image_folder(root: str | os.PathLike, val_fraction: float = 0.2) -> Dat
 
     `root/train/<class>/*` and `root/val/<class>/*` (val optional), or `root/<class>/*` split
     into train and val by `val_fraction` per class with a fixed seed. Class indices are the
-    sorted training folder names (torchvision `ImageFolder` order).
+    sorted training folder names (torchvision `ImageFolder` order). Folders and files are
+    listed by `flax_effnet.images` (recursive, hidden entries skipped), as evaluate lists them.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir {root} is not a directory")
     train_root = root / "train" if (root / "train").is_dir() else root
-    class_names = _class_folders(train_root)
+    class_names = class_folders(train_root)
     if not class_names:
         raise ValueError(f"{train_root} has no class folders (expected {train_root}/<class>/*.jpg)")
     paths, labels = _scan(train_root, class_names)

@@ -40,8 +40,9 @@ def train_step(
     label_smoothing: float,
     ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a global batch. Returns the new state and scalar metrics
-    (loss before the update, batch top-1, LR used, gradient norm, all-finite flag)."""
+    """One update on a global batch. Returns the new state and scalar metrics (loss before the
+    update, batch top-1, LR used, gradient norm, all-finite flag and, when the batch has a
+    `replaced` field, how many of its images stood in for unreadable ones)."""
     rngs = step_rngs(state.rng, state.step)
 
     def loss_fn(params):
@@ -71,6 +72,8 @@ def train_step(
         # The loop refuses to go on (or save) unless the loss and every new parameter are finite.
         "finite": jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
     }
+    if "replaced" in batch:  # summed over the global batch: every process gets the same count
+        metrics["replaced"] = jnp.sum(batch["replaced"] >= 0)
     return new_state, metrics
 
 

@@ -6,8 +6,8 @@ records without TensorFlow, so the same grain pipeline as for image folders (sha
 sampler, Inception crop or eval crop, worker processes, checkpointable iterator) reads it.
 
 Images are read still encoded (`tfds.decode.SkipDecoding`): the grain workers decode them with
-PIL in `input_pipeline.decode`, exactly as files of an image folder, so a TFDS dataset and the
-same images in a folder give the same batches.
+`flax_effnet.images.decode_image` (through `sources.DecodedSource`), exactly as files of an
+image folder, so a TFDS dataset and the same images in a folder give the same batches.
 
 Nothing is ever downloaded or prepared here (`download=False`). Preparing a dataset, once:
 
@@ -119,6 +119,9 @@ class TfdsSource:
         example = self._source[int(record_key)]
         return {"image": example[self.image_key], "label": np.int32(example[self.label_key]),
                 "index": np.int64(record_key)}
+
+    def describe(self, record_key: int) -> str:
+        return f"tfds:{self.name}:{self.split}[{int(record_key)}]"
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
