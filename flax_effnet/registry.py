@@ -29,7 +29,7 @@ from flax_effnet.preprocessing import Preprocessing
 _LINEN_FIELDS = frozenset({"parent", "name"})
 # Weight fields that do not change the architecture: a model fine-tuned to 5 classes with
 # another dropout rate is still `mobilenetv2_100`.
-_NOT_ARCHITECTURE = frozenset({"num_classes", "dropout_rate", "drop_path_rate"})
+_NOT_ARCHITECTURE = frozenset({"num_classes", "dropout_rate", "drop_path_rate", "bn_momentum"})
 
 
 @dataclasses.dataclass(frozen=True)
