@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import convert_refs as R
+
+# Seed 003's SiLU is a `@torch.jit.script` function, which torch 2.13 deprecates at import.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 from flax_effnet import ReXNetLite, load_pretrained
 from flax_effnet.convert.cli import main
 

@@ -7,6 +7,9 @@ every stage's output compared."""
 import pytest
 
 import convert_refs as R
+
+# Seed 003's SiLU is a `@torch.jit.script` function, which torch 2.13 deprecates at import.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 from flax_effnet import ReXNet, ReXNetLite
 from flax_effnet.convert.verify import last_block_indices
 

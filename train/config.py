@@ -57,7 +57,7 @@ class Config:
     data_dir: str = ""  # image folder (root/train/<class>, root/val/<class>, or root/<class>); "" = built-in patterns
     val_fraction: float = 0.2  # held-out share per class when data_dir has no train/ and val/
     max_unreadable_fraction: float = 0.01  # stop when more training images than this cannot be read (they are skipped)
-    workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<variant>
+    workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<model, pretrained dir or variant>
     num_workers: int = 2  # grain decoding worker processes (0 = decode in the main process)
     dataset: str = ""  # "" = the image folder data_dir; tfds:NAME = a TFDS dataset prepared (ArrayRecord) in data_dir
     train_split: str = "train"  # tfds only: any split expression, e.g. train[:45000] (percent slices work too)
@@ -256,7 +256,8 @@ def make_config(preset: str | None = None, **overrides) -> Config:
         data_name = Path(config.data_dir).resolve().name if config.data_dir else "patterns"
         if config.dataset.startswith("tfds:"):  # tfds:NAME[/CONFIG][:VERSION]
             data_name = config.dataset.split(":")[1].replace("/", "-") or "tfds"
-        config = dataclasses.replace(config, workdir=f"runs/{data_name}-{config.model or config.variant}")
+        arch = config.model or (Path(config.pretrained).name if config.pretrained else config.variant)
+        config = dataclasses.replace(config, workdir=f"runs/{data_name}-{arch}")
     problems = config_problems(config)
     fixed = sorted({"variant", "padding", "bn_epsilon"} & set(overrides))
     if config.model and fixed:
