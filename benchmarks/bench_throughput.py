@@ -6,6 +6,7 @@ interleaved repeat by repeat so that load from other processes hits every contes
 prints the median of the repeats, the ratio ours/peer, compile (or first-call) time and peak memory.
 
     python benchmarks/bench_throughput.py                       # CPU: b0, batch 8, 224 px, fp32
+    python benchmarks/bench_throughput.py --model mobilenetv2_100   # any registered model vs timm
     python benchmarks/bench_throughput.py --variant b4 --batch 64 --dtype bfloat16 \
         --peer timm --compile                                    # GPU: AMP + channels_last, eager and compiled
 
@@ -53,9 +54,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import PEERS, build_peer, calibrate_  # noqa: E402
+from peers import PEERS, build_peer, build_timm_model, calibrate_  # noqa: E402
 
-from flax_effnet import EfficientNet  # noqa: E402
+from flax_effnet import EfficientNet, create_model, list_models, model_entry  # noqa: E402
 from flax_effnet.convert import convert_state_dict  # noqa: E402
 from flax_effnet.host import keep_freed_memory  # noqa: E402
 from flax_effnet.layers import resolve_depthwise_impl  # noqa: E402
@@ -129,8 +130,14 @@ def build_ours(args, peer, x_nhwc, labels, dtype):
     x = jax.device_put(jnp.asarray(x_nhwc), device)
     y = jax.device_put(jnp.asarray(labels), device)
     if peer is not None:
-        model, variables, _ = convert_state_dict(peer.model.state_dict(), format=peer.name)
+        # --model: the converter detects the timm format (timm_mobilenetv2, timm_rexnet, ...).
+        model, variables, _ = convert_state_dict(
+            peer.model.state_dict(), format=None if args.model else peer.name, variant=args.model
+        )
         model = model.clone(depthwise_impl=args.depthwise_impl, dtype=dtype)
+    elif args.model:
+        model = create_model(args.model, depthwise_impl=args.depthwise_impl, dtype=dtype)
+        variables = jax.jit(model.init)(jax.random.key(0), x)
     else:  # no peer: our own init
         model = EfficientNet(args.variant, depthwise_impl=args.depthwise_impl, dtype=dtype)
         variables = jax.jit(model.init)(jax.random.key(0), x)
@@ -311,7 +318,10 @@ def report(mode: str, contestants: list[Contestant], batch: int) -> list[dict]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="b0")
+    p.add_argument("--variant", default="b0", help="EfficientNet b0..b7")
+    p.add_argument("--model", default=None,
+                   help="a registered model instead of --variant (mobilenetv2_100, rexnet_100, ...); "
+                   "its peer is timm's model of that name")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=None, help="image size (default: the variant's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -346,7 +356,15 @@ def main(argv=None) -> int:
     on_gpu = args.device == "gpu" or (args.device == "auto" and platform == "gpu")
     if on_gpu and platform != "gpu":
         raise SystemExit(f"--device gpu but JAX's backend is {platform}")
-    size = args.size or resolve_variant(args.variant).resolution
+    if args.model and args.peer not in ("timm", "none"):
+        if args.peer != "efficientnet_pytorch":  # the default: switch it quietly
+            raise SystemExit(f"--model {args.model}: its only peer is timm, not {args.peer}")
+        args.peer = "timm"
+    if args.model and args.model not in list_models():
+        raise SystemExit(f"--model {args.model!r} is not registered; known: {', '.join(list_models())}")
+    label = args.model or args.variant
+    size = args.size or (model_entry(args.model).preprocessing.input_size if args.model
+                         else resolve_variant(args.variant).resolution)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[args.dtype]
 
@@ -366,7 +384,7 @@ def main(argv=None) -> int:
         torch_y = torch.from_numpy(labels.astype(np.int64))
         for name in peer_names:
             try:
-                peer = build_peer(name, args.variant, size)
+                peer = build_timm_model(args.model) if args.model else build_peer(name, args.variant, size)
             except Exception as e:  # an unusable install should not stop the other peers
                 print(f"peer {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0]})")
                 continue
@@ -379,7 +397,7 @@ def main(argv=None) -> int:
         print("note: peers differ in padding/BN eps; ours follows", ref.name,
               "and the logits check runs against it only")
     impl = resolve_depthwise_impl(args.depthwise_impl)
-    print(f"flax_effnet {args.variant} batch {args.batch} {size}px {args.dtype} | "
+    print(f"flax_effnet {label} batch {args.batch} {size}px {args.dtype} | "
           f"jax {jax.__version__} {platform} ({jax.devices()[0].device_kind}) depthwise={impl} | "
           f"malloc: {malloc} | threads: {THREADS} cores for XLA" + (
               f", torch.get_num_threads()={__import__('torch').get_num_threads()} "

@@ -45,6 +45,16 @@ def _first_bn_eps(model) -> float:
     raise ValueError("peer model has no BatchNorm2d")
 
 
+def build_timm_model(model_name: str, num_classes: int = 1000) -> Peer:
+    """timm's model of a registered name (`--model mobilenetv2_100`, `rexnet_100`, ...); the
+    converter detects its format, so the peer is named 'timm' whatever the family."""
+    import_torchvision()  # timm imports torchvision
+    import timm
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    return Peer("timm", model, "symmetric", _first_bn_eps(model))
+
+
 def build_peer(name: str, variant: str, size: int, num_classes: int = 1000) -> Peer:
     """Build a randomly initialised PyTorch peer of `variant` ('b0'..'b7').
 

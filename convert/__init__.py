@@ -1,7 +1,10 @@
-"""PyTorch EfficientNet checkpoints -> flax_effnet (installed as `flax_effnet.convert`).
+"""PyTorch checkpoints -> flax_effnet (installed as `flax_effnet.convert`).
 
-Six source formats (torchvision, timm, timm tf_, efficientnet_pytorch and the two seed
-documents' code), detected from the keys; b0-b7 detected from the shapes. Needs torch to read
+Thirteen source formats, detected from the keys, each belonging to one model family:
+EfficientNet (torchvision, timm, timm tf_, efficientnet_pytorch, seed 000/004 code; b0-b7
+detected from the shapes), MobileNetV2 (torchvision, timm, seed 002 code), MobileNetV1 (timm),
+ReXNet (timm, clovaai = seed 003 code) and ReXNet-lite (clovaai = seed 003 code); the
+architecture is found by matching the shapes against candidate models. Needs torch to read
 `.pth` files (the `convert` extra); the model package `flax_effnet` never imports this.
 
     from flax_effnet.convert import convert_file, convert_state_dict

@@ -1,4 +1,4 @@
-"""Python API: a PyTorch EfficientNet state_dict (or file) -> `(EfficientNet, variables, info)`.
+"""Python API: a PyTorch state_dict (or file) -> `(module, variables, info)`, for every family.
 
 Conversion is strict (after big_vision's `merge_params`): every Flax leaf is filled exactly
 once from the format's key table, every torch key is consumed or ignored on purpose
@@ -16,17 +16,17 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from flax import linen as nn
+
 from flax_effnet.layers import dense_init
-from flax_effnet.model import EfficientNet
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import check_replaceable, save_pretrained, unflatten_variables
-from flax_effnet.specs import scale_network
+from flax_effnet.registry import find_model_name, get_family
 
 from flax_effnet.convert import pretrained_cfg
-from flax_effnet.convert.detect import detect_format, detect_variant, observed_signature
-from flax_effnet.convert.errors import ConversionError, KeyMismatchError
-from flax_effnet.convert.formats import key_table
-from flax_effnet.convert.formats.base import IGNORED_SUFFIXES, variant_name
+from flax_effnet.convert.detect import architecture, detect_format
+from flax_effnet.convert.errors import ConversionError, KeyMismatchError, UnknownVariantError
+from flax_effnet.convert.formats.base import IGNORED_SUFFIXES
 from flax_effnet.convert.io import read_checkpoint, sha256, to_numpy
 
 CONVERTER = "flax_effnet.convert 1"
@@ -38,9 +38,16 @@ class ConversionInfo:
     """What the converter decided, for the report, the saved config and `--verify`.
 
     Attributes:
-      format: source format name ('torchvision', 'timm', 'timm_tf', 'efficientnet_pytorch',
-        'seed000', 'seed004').
-      variant: 'b0'..'b7'.
+      format: source format name (`flax_effnet.convert.FORMATS`: 'torchvision', 'timm',
+        'timm_tf', 'efficientnet_pytorch', 'seed000', 'seed004', 'torchvision_mobilenet_v2',
+        'seed002', 'timm_mobilenetv2', 'timm_mobilenetv1', 'timm_rexnet', 'seed003',
+        'seed003_lite').
+      variant: the architecture in words: 'b0'..'b7' for EfficientNet, the registered model
+        name or the distinguishing fields ('width 0.5, scale_head True') otherwise.
+      family: the model family (`flax_effnet.registry`), e.g. 'efficientnet'.
+      model_name: the registered model whose architecture the weights have (e.g.
+        'tf_efficientnet_b0'), or None when no registered model matches (torchvision's b5-b7
+        keep BN eps 1e-3 with symmetric padding, which no timm name has).
       num_classes: classifier size of the Flax model (0: no classifier).
       classifier: 'converted', 'new' (freshly initialised for `num_classes`), or 'none'.
       padding, bn_epsilon, bn_momentum: the Flax model's settings (momentum in Flax's sense).
@@ -63,6 +70,8 @@ class ConversionInfo:
     bn_momentum: float
     preprocessing: Preprocessing
     preprocessing_source: str = ""
+    family: str = "efficientnet"
+    model_name: str | None = None
     prefix: str = ""
     notes: list[str] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
@@ -73,6 +82,8 @@ class ConversionInfo:
         """The provenance block saved in config.json's 'source'."""
         return {
             "format": self.format,
+            "family": self.family,
+            "model_name": self.model_name,
             "variant": self.variant,
             "classifier": self.classifier,
             "prefix": self.prefix,
@@ -89,7 +100,8 @@ def _fmt_shape(shape) -> str:
 
 def _mismatch_error(fmt, variant, missing, mismatched, unexpected, hint="") -> KeyMismatchError:
     lines = [
-        f"{fmt.name} checkpoint ({fmt.description}), variant {variant}: the tensors do not match "
+        f"{fmt.name} checkpoint ({fmt.description}), "
+        f"{'variant' if fmt.family == 'efficientnet' else 'model'} {variant}: the tensors do not match "
         f"the {fmt.name} key table"
     ]
 
@@ -108,6 +120,30 @@ def _mismatch_error(fmt, variant, missing, mismatched, unexpected, hint="") -> K
     return KeyMismatchError("\n".join(lines), missing, [u[0] for u in unexpected], mismatched)
 
 
+def _detect_architecture(formats, shapes, given, notes):
+    """The first of `formats` (key twins, in order) whose architecture fits the shapes."""
+    errors = []
+    for fmt in formats:
+        try:
+            arch = architecture(fmt, shapes, given)
+        except UnknownVariantError as e:
+            errors.append(e)
+            continue
+        if len(formats) > 1:
+            others = ", ".join(f.name for f in formats if f is not fmt)
+            notes.append(f"format {fmt.name}: the shapes fit its architecture ({others} has the same "
+                         "keys; where both fit, the networks are the same)")
+        notes.append(arch.note)
+        return fmt, arch
+    raise errors[0]
+
+
+def _classifier_width(fmt, model) -> int:
+    """The number of features the model's classifier reads (from the format's own table)."""
+    rows = fmt.table(model, fmt.classifier[0], 1)
+    return next(r.flax_shape[0] for r in rows if r.flax_path == "params/classifier/kernel")
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     format: str | None = None,
@@ -115,53 +151,55 @@ def convert_state_dict(
     *,
     num_classes: int | None = None,
     hints: tuple[str, ...] | list[str] = (),
-) -> tuple[EfficientNet, dict, ConversionInfo]:
+) -> tuple[nn.Module, dict, ConversionInfo]:
     """Convert an in-memory PyTorch state_dict.
 
     Args:
       state_dict: torch key -> tensor (torch.Tensor or numpy array), optionally wrapped in a
         prefix such as 'module.'.
       format: source format name; detected from the keys when None.
-      variant: 'b0'..'b7'; detected from stem/head widths and blocks per stage when None.
+      variant: the architecture instead of detecting it: a registered model name of the
+        format's family ('mobilenetv2_100', 'rexnet_130', 'tf_efficientnet_b3', ...) or, for
+        EfficientNet, 'b0'..'b7'. Detected from the shapes when None.
       num_classes: None keeps the checkpoint's classifier; N > 0 drops it and attaches a
         freshly initialised N-way classifier (for fine-tuning); 0 drops it (a backbone).
       hints: strings that may name the architecture (decide timm vs tf_ timm).
 
     Returns:
-      (model, variables, info): `model.apply(variables, x)` reproduces the PyTorch model.
+      (model, variables, info): `model.apply(variables, x)` reproduces the PyTorch model;
+      `model` is of the format's family (EfficientNet, MobileNetV2, ReXNet, ...).
 
     Raises:
       UnknownFormatError, UnknownVariantError, KeyMismatchError (all ConversionError).
     """
     tensors = {str(k): to_numpy(v) for k, v in state_dict.items()}
-    fmt, prefix, notes = detect_format(list(tensors), hints, format)
+    if variant is not None:
+        hints = (variant, *hints)  # 'tf_efficientnet_b0' also decides timm vs timm_tf
+    formats, prefix, notes = detect_format(list(tensors), hints, format)
     stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     outside = [k for k in tensors if not k.startswith(prefix)]
     shapes = {k: tuple(v.shape) for k, v in stripped.items()}
-
-    if variant is None:
-        variant = detect_variant(fmt, shapes)
-        notes.append(f"variant {variant} detected from {observed_signature(fmt, shapes)}")
-    else:
-        variant = variant_name(variant)
-        notes.append(f"variant {variant} given by the caller")
-    net = scale_network(variant)
+    fmt, arch = _detect_architecture(formats, shapes, variant, notes)
+    family = get_family(fmt.family)
+    label = arch.label
+    features = _classifier_width(fmt, family.build(arch.fields))
 
     present = [c for c in fmt.classifier if f"{c}.weight" in stripped or f"{c}.bias" in stripped]
     dropped: list[str] = []
     if num_classes is None:
         if not present:
             raise _mismatch_error(
-                fmt, variant, [(f"{fmt.classifier[0]}.weight", ("num_classes", net.head_channels))], [], [],
+                fmt, label, [(f"{fmt.classifier[0]}.weight", ("num_classes", features))], [], [],
                 hint="  No classifier: pass --num-classes N (num_classes=N) to attach a new N-way "
                 "classifier, or 0 to convert the backbone only.",
             )
         classifier = present[0]
         w = stripped.get(f"{classifier}.weight")
-        num_classes = int(w.shape[0]) if w is not None and w.ndim == 2 else -1
+        # A Linear (N, C), or a 1x1 conv (N, C, 1, 1) on pooled features (clovaai's ReXNet).
+        num_classes = int(w.shape[0]) if w is not None and w.ndim in (2, 4) else -1
         if num_classes <= 0:
             raise _mismatch_error(
-                fmt, variant, [], [(f"{classifier}.weight", ("num_classes", net.head_channels), shapes.get(f"{classifier}.weight"))], []
+                fmt, label, [], [(f"{classifier}.weight", ("num_classes", features), shapes.get(f"{classifier}.weight"))], []
             )
         classifier_state = "converted"
     else:
@@ -174,8 +212,9 @@ def convert_state_dict(
             f"checkpoint classifier dropped ({', '.join(dropped) or 'none present'}); "
             + (f"new {num_classes}-way classifier initialised (seed 0)" if num_classes else "no classifier (backbone)")
         )
+    model = family.build(arch.fields, num_classes=num_classes)
 
-    rows = key_table(fmt, net, classifier, num_classes)
+    rows = fmt.table(model, classifier, num_classes)
     flat: dict[str, np.ndarray] = {}
     missing, mismatched, consumed = [], [], set()
     for row in rows:
@@ -195,31 +234,26 @@ def convert_state_dict(
         (prefix + k, shapes[k]) for k in sorted(stripped) if k not in consumed and k not in set(ignored)
     ] + [(k, tuple(tensors[k].shape)) for k in outside]
     if missing or mismatched or unexpected:
-        raise _mismatch_error(fmt, variant, missing, mismatched, unexpected)
+        raise _mismatch_error(fmt, label, missing, mismatched, unexpected)
 
     if classifier is None and num_classes:
         # Same initialiser as a freshly built model's classifier.
-        kernel = dense_init(jax.random.key(0), (net.head_channels, num_classes))
+        kernel = dense_init(jax.random.key(0), (features, num_classes))
         flat["params/classifier/kernel"] = np.asarray(kernel, np.float32)
         flat["params/classifier/bias"] = np.zeros((num_classes,), np.float32)
 
-    model = EfficientNet(
-        variant=variant,
-        num_classes=num_classes,
-        padding=fmt.padding,
-        bn_epsilon=fmt.bn_epsilon(variant),
-        bn_momentum=fmt.bn_momentum(variant),
-    )
     info = ConversionInfo(
         format=fmt.name,
-        variant=variant,
+        variant=label,
         num_classes=num_classes,
         classifier=classifier_state,
-        padding=fmt.padding,
+        padding=model.padding,
         bn_epsilon=model.bn_epsilon,
         bn_momentum=model.bn_momentum,
-        preprocessing=fmt.preprocessing(variant),
+        preprocessing=fmt.eval_preprocessing(model),
         preprocessing_source=f"{fmt.name} default for this architecture",
+        family=family.name,
+        model_name=find_model_name(model),
         prefix=prefix,
         notes=notes,
         ignored=[prefix + k for k in ignored],
@@ -238,7 +272,7 @@ def convert_file(
     use_ema: bool = False,
     unsafe: bool = False,
     overwrite: bool = False,
-) -> tuple[EfficientNet, dict, ConversionInfo]:
+) -> tuple[nn.Module, dict, ConversionInfo]:
     """Convert a checkpoint file, and write a weights directory when `out` is given.
 
     Args:

@@ -1,4 +1,4 @@
-"""`convert_torch_weights SRC [-o OUT]`: a PyTorch EfficientNet checkpoint -> a flax_effnet directory.
+"""`convert_torch_weights SRC [-o OUT]`: a PyTorch checkpoint -> a flax_effnet weights directory.
 
 Thin: parses arguments, calls `convert_file` (and `verify`), prints what was detected or
 assumed. Errors from the converter print as one message and exit 1, never a traceback.
@@ -24,14 +24,23 @@ def default_out(src: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convert_torch_weights",
-        description="Convert a PyTorch EfficientNet B0-B7 checkpoint (torchvision, timm, timm tf_, "
-        "efficientnet_pytorch, seed 000/004 code) into a flax_effnet weights directory "
-        "(config.json + variables.safetensors) for flax_effnet.load_pretrained.",
+        description="Convert a PyTorch checkpoint into a flax_effnet weights directory "
+        "(config.json + variables.safetensors) for flax_effnet.load_pretrained. EfficientNet B0-B7 "
+        "(torchvision, timm, timm tf_, efficientnet_pytorch, seed 000/004 code), MobileNetV2 "
+        "(torchvision, timm, seed 002 code), MobileNetV1 (timm), ReXNet and ReXNet-lite (timm, "
+        "clovaai = seed 003 code); format, family and architecture are detected from the keys.",
     )
     parser.add_argument("src", help=".pth/.pt/.bin (torch) or .safetensors checkpoint")
     parser.add_argument("-o", "--out", help="output directory (default: SRC's name + '_flax', beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), help="source format (default: detected from the keys)")
-    parser.add_argument("--variant", choices=KNOWN_VARIANTS, help="b0-b7 (default: detected from the shapes)")
+    arch = parser.add_mutually_exclusive_group()
+    arch.add_argument("--variant", choices=KNOWN_VARIANTS, help="EfficientNet b0-b7 (default: detected from the shapes)")
+    arch.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a registered model name of the checkpoint's family, e.g. mobilenetv2_100, rexnet_130 "
+        "(flax_effnet.list_models()); default: detected from the shapes",
+    )
     parser.add_argument(
         "--use-ema", action="store_true", help="convert the EMA weights of a checkpoint holding both (default: regular)"
     )
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             args.src,
             None if args.verify else out,
             format=args.format,
-            variant=args.variant,
+            variant=args.variant or args.model,
             num_classes=args.num_classes,
             use_ema=args.use_ema,
             unsafe=args.unsafe,
@@ -82,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert_torch_weights: error: {e}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    print(f"{args.src}: {info.format} EfficientNet-{info.variant.upper()}, {info.num_tensors} tensors")
+    name = f"EfficientNet-{info.variant.upper()}" if info.family == "efficientnet" else info.variant
+    print(f"{args.src}: {info.format} {name} (family {info.family}, model {info.model_name or 'unregistered'}), "
+          f"{info.num_tensors} tensors")
     for note in info.notes:
         print(f"  - {note}")
     print(

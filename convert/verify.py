@@ -3,9 +3,10 @@
 For torchvision, timm and efficientnet_pytorch checkpoints the real PyTorch code is built
 (when importable), loaded with the same tensors (`strict=True`), and run in eval mode on a
 random normalised image; the Flax model gets the same image in NHWC. Reported: max |logit
-difference|, whether top-1 agrees, and the max difference of each of the seven stage outputs,
-so a mismatch says where it starts. The seed formats have no importable package; their
-equivalence is proven by the test suite's reference modules.
+difference|, whether top-1 agrees, and the max difference of each stage's output, so a
+mismatch says where it starts. The seed formats have no importable package; their
+equivalence is proven by the test suite's reference modules. timm's MobileNets and ReXNets
+are built by name, so only widths timm registers can be verified.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from flax_effnet.model import EfficientNet
+from flax import linen as nn
+
 from flax_effnet.specs import scale_network
 
 from flax_effnet.convert.api import ConversionInfo
@@ -68,21 +70,35 @@ def import_torchvision():
     return torchvision
 
 
-def last_block_indices(variant: str) -> list[int]:
-    """Global index of each stage's last block."""
-    net = scale_network(variant)
+def last_block_indices(model: str | nn.Module) -> list[int]:
+    """Global index of each stage's last block, of an EfficientNet variant or any model."""
+    net = scale_network(model) if isinstance(model, str) else model.network
     last = {b.stage: i for i, b in enumerate(net.blocks)}
     return [last[s] for s in sorted(last)]
 
 
-def reference_model(format: str, variant: str, num_classes: int, image_size: int):
-    """The real PyTorch model of a format, untrained, in eval mode; None if not importable.
+def reference_model(info: ConversionInfo, model: nn.Module, num_classes: int, image_size: int):
+    """The real PyTorch model of a conversion, untrained, in eval mode; None if the package is
+    not importable or cannot build this model (a timm width without a timm name).
 
     Returns:
       (module, [stage modules]) or None.
     """
+    format, variant, name = info.format, info.variant, info.model_name
     try:
-        if format == "torchvision":
+        if format == "torchvision_mobilenet_v2":
+            tv = import_torchvision()
+            m = tv.models.mobilenet_v2(width_mult=model.width, num_classes=num_classes)
+            stages = [m.features[i + 1] for i in last_block_indices(model)]
+        elif format in ("timm_mobilenetv2", "timm_mobilenetv1", "timm_rexnet"):
+            if name is None:
+                return None
+            import_torchvision()  # timm imports torchvision
+            import timm
+
+            m = timm.create_model(name, num_classes=num_classes)
+            stages = list(m.blocks) if format != "timm_rexnet" else [m.features[i] for i in last_block_indices(model)]
+        elif format == "torchvision":
             tv = import_torchvision()
             m = getattr(tv.models, f"efficientnet_{variant}")(num_classes=num_classes)
             stages = [m.features[s + 1] for s in range(7)]
@@ -107,9 +123,9 @@ def reference_model(format: str, variant: str, num_classes: int, image_size: int
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted(model: EfficientNet):
+def _jitted(model: nn.Module):
     """One jitted apply per model config (jit caches per input shape inside)."""
-    last = {b.stage: f"blocks_{b.stage}_{b.index}" for b in scale_network(model.variant).blocks}
+    last = {b.stage: f"blocks_{b.stage}_{b.index}" for b in model.network.blocks}
     wanted = set(last.values())
 
     def run(variables, x):
@@ -125,8 +141,8 @@ def _jitted(model: EfficientNet):
     return jax.jit(run)
 
 
-def flax_logits_and_stages(model: EfficientNet, variables: Mapping, x: np.ndarray):
-    """Logits and the seven stage outputs (NHWC) of one jitted apply.
+def flax_logits_and_stages(model: nn.Module, variables: Mapping, x: np.ndarray):
+    """Logits and the stage outputs (NHWC) of one jitted apply.
 
     The stage outputs are those of `model.apply(..., return_stages=True)` (each stage's last
     block), captured in the same pass as the logits so one compilation serves both.
@@ -152,7 +168,7 @@ def torch_logits_and_stages(module, stage_modules, x_nchw: np.ndarray):
 
 def verify(
     tensors: Mapping[str, np.ndarray],
-    model: EfficientNet,
+    model: nn.Module,
     variables: Mapping,
     info: ConversionInfo,
     *,
@@ -173,7 +189,7 @@ def verify(
     import torch
 
     n_ref = info.num_classes if info.classifier == "converted" else 1000
-    built = reference_model(info.format, info.variant, n_ref, input_size)
+    built = reference_model(info, model, n_ref, input_size)
     if built is None:
         return None
     module, stage_modules = built

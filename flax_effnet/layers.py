@@ -7,7 +7,7 @@ Initialisers follow TF EfficientNet (`efficientnet_model.conv_kernel_initializer
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -317,23 +317,58 @@ def _batch_stats(x: jax.Array):
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 
+# The activations a BatchNormAct can end in, by name: EfficientNet's SiLU, MobileNet's ReLU6,
+# ReXNet's ReLU (its SE) and ReLU6.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": nn.silu,
+    "relu": nn.relu,
+    "relu6": nn.relu6,
+}
+Activation = Literal["silu", "relu", "relu6"] | bool | None
+
+
+def activation_name(act: Activation) -> str | None:
+    """'silu', 'relu', 'relu6' or None (linear). True is 'silu' and False None: EfficientNet's
+    blocks say `act=True` for SiLU."""
+    if act is True:
+        return "silu"
+    if act is False or act is None:
+        return None
+    if act not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or None, got {act!r}")
+    return act
+
+
+def _act_derivative(act: str, y: jax.Array) -> jax.Array:
+    """d act(y) / dy, as JAX differentiates `ACTIVATIONS[act]` (ReLU's kinks count as flat)."""
+    if act == "silu":
+        sig = jax.nn.sigmoid(y)
+        return sig * (1 + y * (1 - sig))
+    if act == "relu":
+        return (y > 0).astype(y.dtype)
+    if act == "relu6":
+        return ((y > 0) & (y < 6)).astype(y.dtype)
+    raise AssertionError(act)
+
+
 def _normalize_act(x, mean, rstd, scale, bias, dtype, act):
-    """flax's BatchNorm normalisation, operation for operation, then SiLU in `dtype`."""
+    """flax's BatchNorm normalisation, operation for operation, then `act` in `dtype`."""
     y = ((x - mean) * (rstd * scale) + bias).astype(dtype)
-    return nn.silu(y) if act else y
+    return ACTIVATIONS[act](y) if act else y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def batch_norm_act_train(x, scale, bias, epsilon: float, dtype, act: bool):
-    """Training-mode BatchNorm (batch statistics), then SiLU when `act`, with a hand-written
-    gradient; returns (y, batch mean, batch variance). The statistics feed only the running
-    averages, so no gradient flows back through them.
+def batch_norm_act_train(x, scale, bias, epsilon: float, dtype, act: str | None):
+    """Training-mode BatchNorm (batch statistics), then the activation `act` (a name in
+    `ACTIVATIONS`, or None), with a hand-written gradient; returns (y, batch mean, batch
+    variance). The statistics feed only the running averages, so no gradient flows back
+    through them.
 
     Autodiff of flax's BatchNorm + SiLU stores the normalised output for SiLU's gradient and
     reduces g three times (for the bias, the scale, and the variance's path to x). The
     textbook gradient needs only x and two sums, sum(g') and sum(g' * x_hat):
-    dx = scale * rstd * (g' - mean(g') - x_hat * mean(g' * x_hat)), where g' is g through
-    SiLU's derivative, recomputed from x.
+    dx = scale * rstd * (g' - mean(g') - x_hat * mean(g' * x_hat)), where g' is g through the
+    activation's derivative, recomputed from x.
     """
     return _batch_norm_act_fwd(x, scale, bias, epsilon, dtype, act)[0]
 
@@ -350,9 +385,9 @@ def _batch_norm_act_bwd(epsilon, dtype, act, residuals, cotangents):
     g = cotangents[0].astype(mean.dtype)
     x_hat = (x - mean) * rstd
     if act:
+        # The pre-activation exactly as the forward pass rounded it to `dtype`.
         y = (x_hat * scale + bias).astype(dtype).astype(g.dtype)
-        sig = jax.nn.sigmoid(y)
-        g = g * sig * (1 + y * (1 - sig))
+        g = g * _act_derivative(act, y)
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     dbias, dscale = g.sum(axes), (g * x_hat).sum(axes)
@@ -364,24 +399,27 @@ batch_norm_act_train.defvjp(_batch_norm_act_fwd, _batch_norm_act_bwd)
 
 
 class BatchNormAct(nn.BatchNorm):
-    """flax's BatchNorm, then SiLU when `act`; same variables, same outputs.
+    """flax's BatchNorm, then an activation; same variables, same outputs.
 
+    `act` names the activation ('silu', 'relu', 'relu6'; True is 'silu'; False/None: none).
     `fused_grad` trains through `batch_norm_act_train`'s hand-written gradient, for XLA:CPU,
     where BatchNorm + SiLU forward and backward took half of b0's train step (XLA profile,
-    batch 8, 2 cores). Otherwise, and always in eval mode, it is `nn.BatchNorm` then `nn.silu`.
+    batch 8, 2 cores). Otherwise, and always in eval mode, it is `nn.BatchNorm` then the
+    activation. Inputs may be (N, C) as well as NHWC: statistics are over all but the last axis.
     """
 
-    act: bool = False
+    act: Activation = False
     fused_grad: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        act = activation_name(self.act)
         running = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
         if running or not self.fused_grad:
             y = super().__call__(x, use_running_average)
-            return nn.silu(y) if self.act else y
+            return ACTIVATIONS[act](y) if act else y
         defaults = (self.axis, self.axis_name, self.use_bias, self.use_scale)
         if defaults != (-1, None, True, True) or not self.use_fast_variance:
             raise ValueError(
@@ -397,7 +435,7 @@ class BatchNormAct(nn.BatchNorm):
         scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
         dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
-        y, mean, var = batch_norm_act_train(x, scale, bias, self.epsilon, dtype, self.act)
+        y, mean, var = batch_norm_act_train(x, scale, bias, self.epsilon, dtype, act)
         mean, var = jax.lax.stop_gradient((mean, var))  # the VJP ignores their cotangents
         if not self.is_initializing():
             m = self.momentum
@@ -412,13 +450,17 @@ def global_pool(x: jax.Array) -> jax.Array:
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation: pool, reduce, SiLU, expand, sigmoid gate (Hu et al., 2018).
+    """Squeeze-and-excitation: pool, reduce, activation, expand, sigmoid gate (Hu et al., 2018).
 
     The two 1x1 convs act on a pooled vector, so they are written as Dense layers; kernels
-    are (C_in, C_out), a 1x1 conv's kernel without its two unit axes.
+    are (C_in, C_out), a 1x1 conv's kernel without its two unit axes. EfficientNet's SE is
+    reduce -> SiLU; ReXNet's puts a BatchNorm between reduce and its ReLU (`norm`, a
+    `BatchNormAct` constructor, named 'bn').
     """
 
     reduced_channels: int
+    act: Activation = "silu"
+    norm: Callable[..., nn.Module] | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -428,7 +470,12 @@ class SqueezeExcite(nn.Module):
             nn.Dense, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
         s = global_pool(x).astype(x.dtype)
-        s = nn.silu(dense(self.reduced_channels, name="reduce")(s))
+        s = dense(self.reduced_channels, name="reduce")(s)
+        if self.norm is not None:
+            s = self.norm(act=self.act, name="bn")(s)
+        else:
+            act = activation_name(self.act)
+            s = ACTIVATIONS[act](s) if act else s
         s = nn.sigmoid(dense(x.shape[-1], name="expand")(s))
         return x * s[:, None, None, :]
 

@@ -13,83 +13,19 @@ The param tree reads like the architecture (after rwightman/efficientnet-jax):
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_effnet.layers import (
-    BatchNormAct,
-    DepthwiseConv,
-    DepthwiseImpl,
-    DropPath,
-    Padding,
-    PatchConv,
-    PointwiseConv,
-    SqueezeExcite,
-    conv_init,
-    dense_init,
-    global_pool,
-    resolve_depthwise_impl,
-    spatial_padding,
-)
-from flax_effnet.specs import BlockSpec, VariantSpec, resolve_variant, scale_network, stage_strides
+from flax_effnet.blocks import ConvBN, MBConv, classifier, network_ops
+from flax_effnet.layers import DepthwiseImpl, Padding, global_pool
+from flax_effnet.preprocessing import Preprocessing
+from flax_effnet.registry import Family, ModelEntry, register_family, register_model
+from flax_effnet.specs import VariantSpec, resolve_variant, scale_network, stage_strides
 
-ModuleDef = Callable[..., nn.Module]
 Dtype = Any
-
-
-class ConvBN(nn.Module):
-    """Conv -> BatchNorm -> optional SiLU, the stem and head unit."""
-
-    features: int
-    kernel_size: int
-    stride: int
-    padding: Padding
-    conv: ModuleDef
-    norm: ModuleDef
-    act: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        pads = spatial_padding(x.shape, k, self.stride, self.padding)
-        x = self.conv(self.features, (k, k), (self.stride, self.stride), pads, name="conv")(x)
-        return self.norm(act=self.act, name="bn")(x)
-
-
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck with squeeze-excite (MobileNetV2 + SE, paper section 4).
-
-    1x1 expand (skipped when the ratio is 1) -> kxk depthwise -> SE -> 1x1 linear projection,
-    with an identity shortcut through stochastic depth when stride is 1 and in == out.
-    """
-
-    spec: BlockSpec
-    padding: Padding
-    conv: ModuleDef
-    norm: ModuleDef
-    depthwise: ModuleDef
-    se: ModuleDef
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        s = self.spec
-        shortcut = x
-        if s.expanded_channels != s.in_channels:
-            x = self.conv(s.expanded_channels, (1, 1), name="conv_exp")(x)
-            x = self.norm(act=True, name="bn_exp")(x)
-        x = self.depthwise(s.kernel_size, s.stride, self.padding, name="conv_dw")(x)
-        x = self.norm(act=True, name="bn_dw")(x)
-        x = self.se(s.se_channels, name="se")(x)
-        x = self.conv(s.out_channels, (1, 1), name="conv_pwl")(x)
-        x = self.norm(name="bn_pwl")(x)
-        if s.has_residual:
-            x = DropPath(s.drop_path_rate, name="drop_path")(x, deterministic=not train)
-            x = x + shortcut
-        return x
 
 
 class EfficientNet(nn.Module):
@@ -123,6 +59,11 @@ class EfficientNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @property
+    def network(self):
+        """The scaled block list (`scale_network`), as every family's `network` gives it."""
+        return scale_network(self.variant, self.drop_path_rate)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False, return_stages: bool = False
@@ -141,68 +82,82 @@ class EfficientNet(nn.Module):
           float32 logits (N, num_classes), pooled float32 features (N, head_channels) when
           num_classes is 0/None, or the tuple of stage outputs.
         """
-        net = scale_network(self.variant, self.drop_path_rate)
-        # 'shift' is the CPU formulation: besides the depthwise conv, it takes 1x1 weight
-        # gradients as 2-D matmuls, BatchNorm + SiLU gradients by hand, and runs the
-        # 3-channel stem conv as a patch matmul.
-        cpu_formulation = resolve_depthwise_impl(self.depthwise_impl) == "shift"
-        norm = functools.partial(
-            BatchNormAct,
-            fused_grad=cpu_formulation,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
+        net = self.network
+        ops = network_ops(
+            train=train,
+            depthwise_impl=self.depthwise_impl,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        # Every 1x1 conv (expand, project, head) is a matmul; same params as nn.Conv.
-        pointwise = functools.partial(
-            PointwiseConv,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            flat_weight_grad=cpu_formulation,
-        )
-        depthwise = functools.partial(
-            DepthwiseConv, impl=self.depthwise_impl, dtype=self.dtype, param_dtype=self.param_dtype
-        )
-        se = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
-        stem_conv = functools.partial(
-            PatchConv if cpu_formulation else nn.Conv,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
-
         x = x.astype(self.dtype)
-        x = ConvBN(net.stem_channels, 3, 2, self.padding, stem_conv, norm, name="stem")(x)
+        x = ConvBN(net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, name="stem")(x)
         stage_outputs = {}  # stage -> output of its last block
         for spec in net.blocks:
             name = f"blocks_{spec.stage}_{spec.index}"
-            x = MBConv(spec, self.padding, pointwise, norm, depthwise, se, name=name)(x, train=train)
+            x = MBConv(spec, self.padding, ops, "silu", name=name)(x, train=train)
             stage_outputs[spec.stage] = x
         if return_stages:
             return tuple(stage_outputs.values())
 
-        x = ConvBN(net.head_channels, 1, 1, self.padding, pointwise, norm, name="head")(x)
+        x = ConvBN(net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, name="head")(x)
         x = global_pool(x)
         if not self.num_classes:
             return x
         rate = resolve_variant(self.variant).dropout if self.dropout_rate is None else self.dropout_rate
         x = nn.Dropout(rate, deterministic=not train)(x)
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=dense_init,
-            dtype=jnp.float32,
-            param_dtype=self.param_dtype,
-            name="classifier",
-        )(x)
+        return classifier(self.num_classes, self.param_dtype)(x)
 
 
 def stage_channels(variant: str | VariantSpec) -> tuple[int, ...]:
     """Channels of each stage's output (pair with `stage_strides()` for an FPN)."""
     return tuple({b.stage: b.out_channels for b in scale_network(variant).blocks}.values())
 
+
+def _decode_variant(value: str | dict) -> str | VariantSpec:
+    """config.json holds a variant name, or a custom VariantSpec as a dict."""
+    return VariantSpec(**value) if isinstance(value, dict) else value
+
+
+FAMILY = register_family(
+    Family(
+        "efficientnet",
+        EfficientNet,
+        ("variant", "num_classes", "padding", "bn_epsilon", "bn_momentum", "dropout_rate", "drop_path_rate"),
+        decode={"variant": _decode_variant},
+    )
+)
+
+# timm 1.0.31 `efficientnet.py` default_cfgs: (input_size, crop_pct) of the first
+# ImageNet-mean/std tag of each name (efficientnet_b0.ra_in1k, b1.ft_in1k, b2.ra_in1k,
+# b3/b4 .ra2_in1k, b5.sw_in12k_ft_in1k, b6/b7/b8/l2 .untrained), all bicubic.
+_TIMM_CFGS = {
+    "b0": (224, 0.875), "b1": (224, 0.875), "b2": (256, 0.875), "b3": (288, 0.875),
+    "b4": (320, 0.875), "b5": (448, 1.0), "b6": (528, 0.942), "b7": (600, 0.949),
+    "b8": (672, 0.954), "l2": (800, 0.961),
+}  # fmt: skip
+# tf_efficientnet_bX.in1k (b0-b5), .aa_in1k (b6, b7), .ra_in1k (b8), .ns_jft_in1k (l2): the
+# variant's native resolution and TF's crop_pct; ImageNet mean/std, bicubic.
+_TF_CFGS = {
+    "b0": (224, 0.875), "b1": (240, 0.882), "b2": (260, 0.890), "b3": (300, 0.904),
+    "b4": (380, 0.922), "b5": (456, 0.934), "b6": (528, 0.942), "b7": (600, 0.949),
+    "b8": (672, 0.954), "l2": (800, 0.96),
+}  # fmt: skip
+
+for _v, (_size, _crop) in _TIMM_CFGS.items():
+    # PyTorch-trained: symmetric padding, torch BN defaults (eps 1e-5, momentum 0.1).
+    register_model(ModelEntry(
+        f"efficientnet_{_v}", "efficientnet",
+        dict(variant=_v, padding="symmetric", bn_epsilon=1e-5, bn_momentum=0.9),
+        Preprocessing(_size, _crop, "bicubic"),
+    ))  # fmt: skip
+for _v, (_size, _crop) in _TF_CFGS.items():
+    # TF ports: SAME padding and TF's eps 1e-3; timm keeps torch's BN momentum 0.1.
+    register_model(ModelEntry(
+        f"tf_efficientnet_{_v}", "efficientnet",
+        dict(variant=_v, padding="same", bn_epsilon=1e-3, bn_momentum=0.9),
+        Preprocessing(_size, _crop, "bicubic"),
+    ))  # fmt: skip
 
 __all__ = ["EfficientNet", "MBConv", "ConvBN", "stage_channels", "stage_strides"]

@@ -4,13 +4,16 @@ A directory holds `variables.safetensors` (flat '/'-joined paths such as
 `params/stem/conv/kernel` and `batch_stats/stem/bn/mean`; safetensors never unpickles) and
 `config.json`:
 
-    {"format": "flax_effnet", "format_version": 1,
-     "model": {EfficientNet fields: variant, num_classes, padding, bn_epsilon, bn_momentum, ...},
+    {"format": "flax_effnet", "format_version": 2,
+     "model": {"family": "efficientnet" | "mobilenetv2" | ..., and the family's weight fields
+               (EfficientNet: variant, num_classes, padding, bn_epsilon, bn_momentum, ...)},
      "preprocessing": {input_size, crop_pct, interpolation, mean, std},
      "class_names": [...] or null,
      "source": {free-form provenance: format, file, sha256, ...}}
 
-The converter and the trainer's export write it; `load_pretrained` and the predictor read it.
+The converter and the trainer's export write it; `load_pretrained` and the predictor read it,
+for any registered family (`flax_effnet.registry`). Version-1 directories (written before
+there were other families; no "family") are read as EfficientNet.
 Writes go to a temporary sibling directory that is renamed into place, so a failure never
 leaves a half-written directory behind. Overwriting replaces only a directory that is itself
 a weights directory and holds nothing else (`check_replaceable`): the new one is written
@@ -34,17 +37,18 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from flax_effnet.model import EfficientNet
+from flax import linen as nn
+
 from flax_effnet.preprocessing import Preprocessing
-from flax_effnet.specs import VariantSpec, scale_network
+from flax_effnet.registry import family_of, get_family
 
 FORMAT = "flax_effnet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 VARIABLES_FILE = "variables.safetensors"
-# EfficientNet fields that describe the weights; compute settings (dtype, depthwise_impl) are
-# the caller's choice at load time.
-_MODEL_FIELDS = ("variant", "num_classes", "padding", "bn_epsilon", "bn_momentum", "dropout_rate", "drop_path_rate")
+# Version 1 knew one family.
+_V1_FAMILY = "efficientnet"
 
 
 class NotAPretrainedDirError(ValueError):
@@ -55,19 +59,18 @@ class NotAPretrainedDirError(ValueError):
 class Pretrained:
     """What a saved directory holds, parsed."""
 
-    model: EfficientNet
+    model: nn.Module
     variables: dict
     preprocessing: Preprocessing
     class_names: tuple[str, ...] | None
     source: dict
 
 
-def model_config(model: EfficientNet) -> dict:
-    """The JSON-able fields of a model that the weights depend on."""
-    cfg = {f: getattr(model, f) for f in _MODEL_FIELDS}
-    if isinstance(cfg["variant"], VariantSpec):
-        cfg["variant"] = dataclasses.asdict(cfg["variant"])
-    return cfg
+def model_config(model: nn.Module) -> dict:
+    """The family and the JSON-able fields of a model that the weights depend on; compute
+    settings (dtype, depthwise_impl) are the caller's choice at load time."""
+    family = family_of(model)
+    return {"family": family.name, **family.encode(model)}
 
 
 def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
@@ -129,7 +132,7 @@ def _swap_in(new: Path, out: Path) -> None:
 
 def save_pretrained(
     directory: str | os.PathLike,
-    model: EfficientNet,
+    model: nn.Module,
     variables: Mapping,
     preprocessing: Preprocessing,
     *,
@@ -137,7 +140,8 @@ def save_pretrained(
     source: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write variables and config atomically to `directory`; returns its path.
+    """Write variables and config atomically to `directory`; returns its path. `model` is a
+    module of any registered family.
 
     Raises:
       FileExistsError: `directory` exists and may not be replaced (see `check_replaceable`).
@@ -180,25 +184,26 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise NotAPretrainedDirError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise NotAPretrainedDirError(f"{path} was not written by flax_effnet (format != {FORMAT!r})")
-    if config.get("format_version") != FORMAT_VERSION:
+    if config.get("format_version") not in READABLE_VERSIONS:
         raise NotAPretrainedDirError(
-            f"{path} has format_version {config.get('format_version')}; this flax_effnet reads {FORMAT_VERSION}"
+            f"{path} has format_version {config.get('format_version')}; this flax_effnet reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
     return config
 
 
-def _build_model(config: dict, directory, overrides: Mapping[str, Any]) -> EfficientNet:
-    model_cfg = dict(config["model"])
+def _build_model(config: dict, directory, overrides: Mapping[str, Any]) -> nn.Module:
+    """The module config.json describes (its family's class), with `overrides` applied."""
+    path = Path(directory) / CONFIG_FILE
+    fields = dict(config["model"])
+    name = fields.pop("family", None) if config["format_version"] >= 2 else _V1_FAMILY
+    if name is None:
+        raise NotAPretrainedDirError(f"{path}: format_version 2 but no model family in 'model'")
     try:
-        if isinstance(model_cfg.get("variant"), dict):
-            model_cfg["variant"] = VariantSpec(**model_cfg["variant"])
-        model_cfg.update(overrides)
-        model = EfficientNet(**model_cfg)
-        scale_network(model.variant)  # an unknown variant name fails here, not at first use
+        model = get_family(name).build(fields, **overrides)
+        model.network  # an unknown variant name fails here, not at first use
     except (TypeError, ValueError) as e:
-        raise NotAPretrainedDirError(
-            f"{Path(directory) / CONFIG_FILE}: its model description is not valid: {e}"
-        ) from None
+        raise NotAPretrainedDirError(f"{path}: its model description is not valid: {e}") from None
     return model
 
 
@@ -273,7 +278,7 @@ def load_pretrained_full(directory: str | os.PathLike, **model_overrides: Any) -
     )
 
 
-def load_pretrained(directory: str | os.PathLike, **model_overrides: Any) -> tuple[EfficientNet, dict]:
+def load_pretrained(directory: str | os.PathLike, **model_overrides: Any) -> tuple[nn.Module, dict]:
     """`(model, variables)` from a directory written by the converter or the trainer.
 
     Example:

@@ -1,5 +1,6 @@
-"""PyTorch reference modules for the two seed formats, and the equivalence check used by the
-test_convert_<source>.py files.
+"""PyTorch reference modules for the two EfficientNet seed formats, and the equivalence check
+used by the test_convert_<source>.py files (seeds 002 and 003 are kept in seed002_*.py and
+seed003_*.py, one file per seed file).
 
 The seed modules follow the seeds' structure and attribute names exactly (so their state_dict
 keys are the seeds'), trimmed of training-only code. One deliberate change, as documented in
@@ -294,7 +295,7 @@ class Seed004EfficientNet(nn.Module):
 
 
 @torch.no_grad()
-def randomize(module: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
+def randomize(module: nn.Module, x: np.ndarray, seed: int = 0, bn_scale: float = 1.0) -> nn.Module:
     """Random weights everywhere, BatchNorm affine *and* running statistics included.
 
     A fresh init (mean 0, var 1, scale 1, bias 0) hides eps and mean/var mistakes. Plain random
@@ -305,7 +306,9 @@ def randomize(module: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
     the already-perturbed ones upstream), then perturbed per channel: mean shifted by
     N(0, 0.3) standard deviations, variance scaled by U(0.5, 2) and kept above 5 % of the
     layer's mean variance (near-constant channels would otherwise amplify float32 rounding).
-    Activations stay O(1) on `x`; every statistic is still arbitrary.
+    Activations stay O(1) on `x`; every statistic is still arbitrary. `bn_scale` multiplies
+    the BN scales (U(0.5, 1.5) by default): at 1.5, more BN outputs pass ReLU6's clip at 6 often
+    enough that ReLU6 and ReLU give different logits (`clipped_fraction`).
     """
     g = torch.Generator().manual_seed(seed)
     hooks = []
@@ -325,7 +328,7 @@ def randomize(module: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
         elif isinstance(m, nn.BatchNorm2d):
             c = m.num_features
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.copy_((torch.rand(c, generator=g) + 0.5) * bn_scale)
             m.bias.copy_(torch.randn(c, generator=g) * 0.2)
             hooks.append(m.register_forward_pre_hook(calibrate))
     module.eval()
@@ -337,6 +340,25 @@ def randomize(module: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def clipped_fraction(module: nn.Module, x: np.ndarray) -> float:
+    """The fraction of the model's ReLU6 outputs on `x` that are clipped at 6."""
+    counts = [0, 0]
+
+    def count(_m, _i, out):  # 6.0 exactly: the clip (a conv/BN output is never exactly 6)
+        counts[0] += int((out >= 6).sum())
+        counts[1] += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.ReLU6)]
+    try:
+        module(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert hooks, f"{type(module).__name__} has no nn.ReLU6"
+    return counts[0] / max(counts[1], 1)
+
+
 def image(size: int, seed: int = 0, batch: int = 2) -> np.ndarray:
     """A random NCHW float32 batch."""
     return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -346,7 +368,7 @@ def compare(torch_model, stage_modules, model, variables, x: np.ndarray) -> dict
     """Run both models on the NCHW batch `x`; the logit and per-stage differences."""
     t_logits, t_stages = torch_logits_and_stages(torch_model, stage_modules, x)
     f_logits, f_stages = flax_logits_and_stages(model, variables, x.transpose(0, 2, 3, 1))
-    assert len(t_stages) == len(f_stages) == 7
+    assert len(t_stages) == len(f_stages) > 0
     stages, scales = [], []
     for s, (a, b) in enumerate(zip(t_stages, f_stages)):
         assert a.shape == b.shape, f"stage {s}: torch {a.shape} vs flax {b.shape}"
@@ -374,12 +396,12 @@ def assert_equivalent(result: dict, what: str):
     assert result["logit_scale"] > 0.05, f"{what}: degenerate logits (std {result['logit_scale']:.3g})"
 
 
-def check_conversion(torch_model, stage_modules, x, expect: dict, **convert_kwargs) -> dict:
+def check_conversion(torch_model, stage_modules, x, expect: dict, bn_scale: float = 1.0, **convert_kwargs) -> dict:
     """Randomise `torch_model` on `x`, convert its state_dict, check the detected settings
     (`expect`: format, variant, padding, bn_epsilon, ...), compare outputs; returns the result."""
     from flax_effnet.convert import convert_state_dict
 
-    randomize(torch_model, x)
+    randomize(torch_model, x, bn_scale=bn_scale)
     model, variables, info = convert_state_dict(torch_model.state_dict(), **convert_kwargs)
     for key, value in expect.items():
         assert getattr(info, key) == value, f"{key}: converter chose {getattr(info, key)!r}, expected {value!r}"

@@ -1,6 +1,6 @@
-"""BatchNormAct is flax's BatchNorm (then SiLU): same variables, outputs, statistics and
-gradients, whether it trains through autodiff or through the hand-written gradient that the
-CPU formulation uses."""
+"""BatchNormAct is flax's BatchNorm (then SiLU, ReLU or ReLU6): same variables, outputs,
+statistics and gradients, whether it trains through autodiff or through the hand-written
+gradient that the CPU formulation uses."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flax_effnet.layers import BatchNormAct
+from flax_effnet.layers import ACTIVATIONS, BatchNormAct, activation_name
 
 SHAPE = (3, 5, 6, 7)
 
@@ -27,18 +27,20 @@ def _data(seed=0):
 
 
 class FlaxReference(nn.Module):
-    """nn.BatchNorm then nn.silu, under the name BatchNormAct gives its variables."""
+    """nn.BatchNorm then the activation (autodiff), under the name BatchNormAct gives its
+    variables."""
 
-    act: bool
+    act: bool | str
 
     @nn.compact
     def __call__(self, x, train):
         y = nn.BatchNorm(not train, momentum=0.9, epsilon=1e-3, name="bn")(x)
-        return nn.silu(y) if self.act else y
+        act = activation_name(self.act)
+        return ACTIVATIONS[act](y) if act else y
 
 
 class Ours(nn.Module):
-    act: bool
+    act: bool | str
     fused_grad: bool
     dtype: jnp.dtype = jnp.float32
 
@@ -64,10 +66,14 @@ def _train_vjp(module, variables, x):
     return y, updates["batch_stats"], lambda g: vjp((g, jax.tree.map(jnp.zeros_like, updates)))
 
 
-@pytest.mark.parametrize("act", [False, True])
+# True is SiLU (EfficientNet's `act=True`); ReLU6 for MobileNet and ReXNet, ReLU for ReXNet's SE.
+@pytest.mark.parametrize("act", [False, True, "relu", "relu6"])
 @pytest.mark.parametrize("fused_grad", [False, True])
 def test_training_matches_flax_batchnorm(act, fused_grad):
     x, params, stats, g = _data()
+    if act == "relu6":
+        # Spread the normalised outputs over (-12, 12), so both of ReLU6's kinks are crossed.
+        params = {"scale": params["scale"] * 4.0, "bias": params["bias"]}
     variables = {"params": {"bn": params}, "batch_stats": {"bn": stats}}
     ref_init = FlaxReference(act).init(jax.random.key(0), x, True)
     ours_init = Ours(act, fused_grad).init(jax.random.key(0), x, True)
@@ -77,6 +83,10 @@ def test_training_matches_flax_batchnorm(act, fused_grad):
 
     y, new_stats, vjp = _train_vjp(Ours(act, fused_grad), variables, x)
     ref_y, ref_stats, ref_vjp = _train_vjp(FlaxReference(act), variables, x)
+    if act in ("relu", "relu6"):  # the data reaches every piece of the activation
+        assert float(jnp.mean(ref_y == 0)) > 0.1 and float(jnp.mean(ref_y > 0)) > 0.1
+    if act == "relu6":
+        assert float(jnp.mean(ref_y == 6)) > 0.03
     np.testing.assert_allclose(y, ref_y, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(new_stats), jax.tree.leaves(ref_stats)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
@@ -89,13 +99,14 @@ def test_training_matches_flax_batchnorm(act, fused_grad):
         )
 
 
+@pytest.mark.parametrize("act, fn", [(True, nn.silu), ("relu6", lambda y: jnp.clip(y, 0, 6))])
 @pytest.mark.parametrize("fused_grad", [False, True])
-def test_eval_uses_running_statistics(fused_grad):
+def test_eval_uses_running_statistics(fused_grad, act, fn):
     x, params, stats, _ = _data(1)
     variables = {"params": {"bn": params}, "batch_stats": {"bn": stats}}
-    y = Ours(True, fused_grad).apply(variables, x, False)
+    y = Ours(act, fused_grad).apply(variables, x, False)
     xhat = (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3)
-    expected = nn.silu(xhat * params["scale"] + params["bias"])
+    expected = fn(xhat * params["scale"] + params["bias"])
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -138,3 +149,22 @@ def test_fused_grad_rejects_settings_it_does_not_compute(kwargs):
     module = BatchNormAct(use_running_average=False, fused_grad=True, **kwargs)
     with pytest.raises(ValueError, match="fused_grad"):
         module.init(jax.random.key(0), x)
+
+
+def test_batch_norm_of_pooled_vectors():
+    """ReXNet's SE and ReXNet-lite's pre-logits normalise (N, C) vectors: statistics over N."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((6, 5)) * 2 + 1, jnp.float32)
+    g = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
+    variables = Ours("relu", True).init(jax.random.key(0), x, True)
+    y, _, vjp = _train_vjp(Ours("relu", True), variables, x)
+    ref_y, _, ref_vjp = _train_vjp(FlaxReference("relu"), variables, x)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(vjp(g)), jax.tree.leaves(ref_vjp(g))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_activation_is_named():
+    x, *_ = _data()
+    with pytest.raises(ValueError, match="activation must be one of.*'gelu'"):
+        BatchNormAct(use_running_average=True, act="gelu").init(jax.random.key(0), x)

@@ -1,4 +1,5 @@
-"""The key tables fill exactly the Flax model's leaves, and detection identifies b0-b7."""
+"""EfficientNet formats: the key tables fill exactly the Flax model's leaves, and detection
+identifies b0-b7 (the other families: test_convert_table_families.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import pytest
 
 from flax_effnet import EfficientNet, scale_network
 from flax_effnet.convert.detect import detect_variant, variant_signature
-from flax_effnet.convert.formats import FORMATS, key_table
+from flax_effnet.convert.formats import EFFICIENTNET_FORMATS as FORMATS, key_table
 
 
 @pytest.mark.parametrize("variant", ["b0", "b7"])

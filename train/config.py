@@ -15,6 +15,16 @@ Presets:
             runs it; measured wall time and held-out top-1 are in the README (at least 97 % over seeds 0-4).
   b0..b7    The paper's resolution, dropout and crop_pct (TF: size / (size + 32)) for that
             variant, with the TF recipe's RMSProp, warmup + cosine and EMA.
+  plain     The Config defaults (RMSProp recipe); resolution, crop_pct and dropout from
+            `--model`. The default preset for `--model` on a dataset.
+  seed002   Seed document 002's transfer learning, for `--pretrained DIR` (any family, e.g. a
+            converted torchvision mobilenet_v2): features frozen, a new head for the data's
+            classes, Adam at 1e-4 (batch 16), constant, 5 epochs, 224 px, plain cross-entropy,
+            no EMA; RandomResizedCrop + flip as the seed's train.py.
+
+`--model NAME` trains any registered model (`flax_effnet.list_models()`: mobilenetv2_100,
+rexnet_100, efficientnet_b0, ...) instead of an EfficientNet `--variant`; the name fixes the
+architecture (padding, BN epsilon) and the default resolution and crop_pct (timm's cfg).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import typing
 from pathlib import Path
 
 from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from flax_effnet.registry import list_models, model_entry
 from flax_effnet.specs import VARIANTS, VariantSpec
 
 # A small variant for the default run and the tests: B0's stages at a quarter of the width
@@ -46,7 +57,7 @@ class Config:
     data_dir: str = ""  # image folder (root/train/<class>, root/val/<class>, or root/<class>); "" = built-in patterns
     val_fraction: float = 0.2  # held-out share per class when data_dir has no train/ and val/
     max_unreadable_fraction: float = 0.01  # stop when more training images than this cannot be read (they are skipped)
-    workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<variant>
+    workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<model, pretrained dir or variant>
     num_workers: int = 2  # grain decoding worker processes (0 = decode in the main process)
     dataset: str = ""  # "" = the image folder data_dir; tfds:NAME = a TFDS dataset prepared (ArrayRecord) in data_dir
     train_split: str = "train"  # tfds only: any split expression, e.g. train[:45000] (percent slices work too)
@@ -57,19 +68,20 @@ class Config:
     num_processes: int = 0  # 0 = $JAX_NUM_PROCESSES or the cluster's
     process_id: int = -1  # < 0 = $JAX_PROCESS_ID or the cluster's
     # Model.
+    model: str = ""  # a registered model (mobilenetv2_100, rexnet_100, efficientnet_b0, ...); "" = EfficientNet --variant
     variant: str = "b0"  # b0..b7, b8, l2, or tiny (width 0.25, depth 0.25)
-    image_size: int = 0  # training and eval resolution; 0 = the variant's
-    dropout_rate: float = -1.0  # head dropout; < 0 = the variant's
-    drop_path_rate: float = 0.2  # stochastic depth at the last block
-    padding: str = "same"  # same (TF) or symmetric (PyTorch)
+    image_size: int = 0  # training and eval resolution; 0 = the variant's (the model's cfg)
+    dropout_rate: float = -1.0  # head dropout; < 0 = the variant's (the model's)
+    drop_path_rate: float = 0.2  # stochastic depth at the last block (models without shortcuts have none)
+    padding: str = "same"  # same (TF) or symmetric (PyTorch); --variant only, a --model fixes it
     bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
+    bn_epsilon: float = 1e-3  # --variant only, a --model fixes it
     compute_dtype: str = "auto"  # auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
     # Fine-tuning.
     pretrained: str = ""  # weights directory from convert_torch_weights or a previous export
     freeze_backbone: bool = False  # train only the classifier (the seed's --freeze-layers)
     # Preprocessing (eval: resize to size/crop_pct, centre crop; train: random resized crop).
-    crop_pct: float = 0.0  # 0 = size / (size + 32), TF's eval crop
+    crop_pct: float = 0.0  # 0 = size / (size + 32), TF's eval crop (with --model: its cfg's)
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -136,12 +148,37 @@ PRESETS: dict[str, dict] = {
         checkpoint_every_steps=165,
         log_every_steps=5,
     ),
+    # The Config defaults: TF's RMSProp recipe; resolution, crop_pct and dropout the model's.
+    "plain": dict(),
+    # Seed 002 train.py: Adam(lr=1e-4) on batch 16 (the LR is per 256 images here, so 16x),
+    # constant (end_lr_ratio 1, no warmup), CrossEntropyLoss, 5 epochs, features frozen.
+    "seed002": dict(
+        image_size=224,
+        crop_pct=0.875,  # its val transform: Resize(256) + CenterCrop(224)
+        interpolation="bilinear",
+        dropout_rate=0.2,  # nn.Dropout(0.2) before its Linear
+        drop_path_rate=0.0,  # torchvision's MobileNetV2 has no stochastic depth
+        freeze_backbone=True,
+        batch_size=16,
+        num_epochs=5.0,
+        warmup_epochs=0.0,
+        optimizer="adamw",
+        learning_rate=1e-4 * 256 / 16,
+        end_lr_ratio=1.0,
+        momentum=0.9,
+        weight_decay=0.0,
+        label_smoothing=0.0,
+        ema_decay=0.0,
+    ),
 }
 
 
-def default_preset(data_dir: str) -> str:
-    """The built-in run without a dataset; b0 on a user's image folder."""
-    return "b0" if data_dir else "patterns"
+def default_preset(data_dir: str, model: str = "") -> str:
+    """The built-in run without a dataset; on a user's image folder b0, or for `--model` the
+    plain defaults (a variant preset would impose b0's resolution and dropout)."""
+    if not data_dir:
+        return "patterns"
+    return "plain" if model else "b0"
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -186,6 +223,11 @@ def config_problems(config: Config) -> list[str]:
     need(len(c.mean) == 3 and len(c.std) == 3 and all(v > 0 for v in c.std),
          f"--mean and --std take three values (R,G,B), std positive; got {c.mean}, {c.std}")
     need(c.variant in TRAIN_VARIANTS, f"--variant must be one of {', '.join(TRAIN_VARIANTS)}, got {c.variant!r}")
+    need(not c.model or c.model in list_models(),
+         f"--model must be a registered model (flax_effnet.list_models(): {', '.join(list_models())}), "
+         f"got {c.model!r}")
+    need(not (c.model and c.pretrained),
+         "--model and --pretrained both name the architecture; --pretrained takes it from its directory")
     need(not c.dataset or (c.dataset.startswith("tfds:") and len(c.dataset) > len("tfds:")),
          f"--dataset must be empty (an image folder given by --data-dir) or tfds:NAME, got {c.dataset!r}"
          + (f"; for a TFDS dataset write tfds:{c.dataset}" if c.dataset and ":" not in c.dataset else ""))
@@ -202,7 +244,8 @@ def make_config(preset: str | None = None, **overrides) -> Config:
     Raises:
       ValueError: an unknown preset or field, or values that cannot work (`config_problems`).
     """
-    preset = preset or default_preset(overrides.get("data_dir", "") or overrides.get("dataset", ""))
+    data = overrides.get("data_dir", "") or overrides.get("dataset", "")
+    preset = preset or default_preset(data, overrides.get("model", ""))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
@@ -213,8 +256,13 @@ def make_config(preset: str | None = None, **overrides) -> Config:
         data_name = Path(config.data_dir).resolve().name if config.data_dir else "patterns"
         if config.dataset.startswith("tfds:"):  # tfds:NAME[/CONFIG][:VERSION]
             data_name = config.dataset.split(":")[1].replace("/", "-") or "tfds"
-        config = dataclasses.replace(config, workdir=f"runs/{data_name}-{config.variant}")
+        arch = config.model or (Path(config.pretrained).name if config.pretrained else config.variant)
+        config = dataclasses.replace(config, workdir=f"runs/{data_name}-{arch}")
     problems = config_problems(config)
+    fixed = sorted({"variant", "padding", "bn_epsilon"} & set(overrides))
+    if config.model and fixed:
+        problems.append(f"--model {config.model} fixes the architecture; "
+                        f"{', '.join('--' + f.replace('_', '-') for f in fixed)} apply to EfficientNet --variant runs")
     if problems:
         raise ValueError("; ".join(problems))
     return config
@@ -228,13 +276,19 @@ def resolved_variant(config: Config) -> VariantSpec:
 
 
 def image_size(config: Config) -> int:
-    return config.image_size or resolved_variant(config).resolution
+    """The config's, else the model's cfg (`--model`) or the variant's resolution."""
+    if config.image_size:
+        return config.image_size
+    return model_entry(config.model).preprocessing.input_size if config.model else resolved_variant(config).resolution
 
 
 def crop_pct(config: Config) -> float:
-    """TF EfficientNet's eval crop keeps size / (size + 32) of the shorter side."""
+    """The config's, else the model's cfg (`--model`); for a variant TF EfficientNet's eval
+    crop, which keeps size / (size + 32) of the shorter side."""
     if config.crop_pct:
         return config.crop_pct
+    if config.model:
+        return model_entry(config.model).preprocessing.crop_pct
     size = image_size(config)
     return size / (size + 32)
 
@@ -264,11 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     """`--preset` plus one flag per Config field (defaults suppressed: only given flags count)."""
     parser = argparse.ArgumentParser(
         prog="train_efficientnet",
-        description="Train or fine-tune EfficientNet. Without --data-dir: the built-in patterns run. "
+        description="Train or fine-tune EfficientNet, MobileNetV1/V2 or ReXNet (--model NAME). Without --data-dir: the built-in patterns run. "
         "Rerunning with the same --workdir resumes from its latest checkpoint.",
     )
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="patterns without --data-dir, else b0")
+                        help="patterns without --data-dir, else b0 (plain with --model)")
     hints = typing.get_type_hints(Config)
     defaults = Config()
     comments = _field_comments()

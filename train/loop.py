@@ -31,7 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_effnet.images import ImageLoadError
+from flax import linen as nn
+
 from flax_effnet.model import EfficientNet
+from flax_effnet.registry import create_model, find_model_name, get_family, model_entry, module_fields
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import load_pretrained_full, save_pretrained
 from flax_effnet.train import config as config_lib
@@ -94,7 +97,7 @@ class UnreadableImages:
 class RunSetup:
     """What the loop derives from the config and the dataset once."""
 
-    model: EfficientNet
+    model: nn.Module
     prep: Preprocessing
     crop: input_pipeline.CropSpec
     pretrained_variables: dict | None
@@ -124,37 +127,61 @@ def compute_dtype(name: str):
     return jnp.dtype(name)
 
 
+def _training_fields(cls, config: config_lib.Config, num_classes: int, dtype) -> dict:
+    """The module fields a run sets: classes, compute dtype, and the regularisation the
+    config asks for where the family has it (MobileNetV1 and ReXNet-lite have no shortcuts,
+    so no stochastic depth)."""
+    fields = dict(num_classes=num_classes, dtype=dtype)
+    if config.dropout_rate >= 0:
+        fields["dropout_rate"] = config.dropout_rate
+    if "drop_path_rate" in module_fields(cls):
+        fields["drop_path_rate"] = config.drop_path_rate
+    return fields
+
+
+def describe(model: nn.Module) -> str:
+    """'EfficientNet b0 (preset)', 'MobileNetV2 mobilenetv2_100', 'ReXNet (width 0.8)' ..."""
+    if isinstance(model, EfficientNet):
+        v = model.variant
+        return f"EfficientNet {getattr(v, 'name', v)} ({'custom ' + str(v) if not isinstance(v, str) else 'preset'})"
+    name = find_model_name(model)
+    if name:
+        return f"{type(model).__name__} {name}"
+    return f"{type(model).__name__} (width {getattr(model, 'width', '?')})"
+
+
 def build_model(config: config_lib.Config, num_classes: int):
     """(model, preprocessing, pretrained variables or None, note) for this run.
 
-    Fine-tuning takes the architecture (variant, padding, BN epsilon/momentum) and the
-    normalisation (mean, std, interpolation, crop_pct) from the pretrained directory: they
-    describe how those weights were trained. Resolution and dropout stay the config's.
+    Fine-tuning takes the architecture (family, variant or width, padding, BN epsilon and
+    momentum) and the normalisation (mean, std, interpolation, crop_pct) from the pretrained
+    directory: they describe how those weights were trained. Resolution and dropout stay the
+    config's. `--model` builds a registered model with the config's BN momentum.
     """
     dtype = compute_dtype(config.compute_dtype)
     if config.pretrained:
         loaded = load_pretrained_full(config.pretrained)
         base, p = loaded.model, loaded.preprocessing
         size = config.image_size or p.input_size
+        model = base.clone(**_training_fields(type(base), config, num_classes, dtype))
+        prep = Preprocessing(size, config.crop_pct or p.crop_pct, p.interpolation, p.mean, p.std)
+        old = base.num_classes
+        note = (f"fine-tuning from {config.pretrained} ({describe(base)}, "
+                f"{old} classes" + (f"; classifier re-initialised for {num_classes})" if old != num_classes else ")"))
+        return model, prep, loaded.variables, note
+    if config.model:
+        model = create_model(config.model, bn_momentum=config.bn_momentum,
+                             **_training_fields(get_family(model_entry(config.model).family).module,
+                                                config, num_classes, dtype))
+    else:
+        spec = config_lib.resolved_variant(config)
         model = EfficientNet(
-            variant=base.variant, num_classes=num_classes, padding=base.padding,
-            bn_epsilon=base.bn_epsilon, bn_momentum=base.bn_momentum,
+            variant=spec if spec.name not in config_lib.VARIANTS else spec.name,
+            num_classes=num_classes, padding=config.padding,
+            bn_epsilon=config.bn_epsilon, bn_momentum=config.bn_momentum,
             dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
             drop_path_rate=config.drop_path_rate, dtype=dtype,
         )
-        prep = Preprocessing(size, config.crop_pct or p.crop_pct, p.interpolation, p.mean, p.std)
-        old = base.num_classes
-        note = (f"fine-tuning from {config.pretrained} (variant {getattr(base.variant, 'name', base.variant)}, "
-                f"{old} classes" + (f"; classifier re-initialised for {num_classes})" if old != num_classes else ")"))
-        return model, prep, loaded.variables, note
-    spec = config_lib.resolved_variant(config)
-    model = EfficientNet(
-        variant=spec if spec.name not in config_lib.VARIANTS else spec.name,
-        num_classes=num_classes, padding=config.padding,
-        bn_epsilon=config.bn_epsilon, bn_momentum=config.bn_momentum,
-        dropout_rate=None if config.dropout_rate < 0 else config.dropout_rate,
-        drop_path_rate=config.drop_path_rate, dtype=dtype,
-    )
     prep = Preprocessing(config_lib.image_size(config), config_lib.crop_pct(config),
                          config.interpolation, tuple(config.mean), tuple(config.std))
     return model, prep, None, "training from scratch"
@@ -251,8 +278,7 @@ def train_and_evaluate(
     model, prep = setup.model, setup.prep
 
     log(f"data: {data.description}")
-    log(f"model: EfficientNet {getattr(model.variant, 'name', model.variant)} "
-        f"({'custom ' + str(model.variant) if not isinstance(model.variant, str) else 'preset'}), "
+    log(f"model: {describe(model)}, "
         f"{num_classes} classes, {prep.input_size} px, compute {jnp.dtype(model.dtype).name}; "
         f"{setup.pretrained_note}")
     log(f"schedule: {setup.total_steps} steps ({setup.steps_per_epoch}/epoch), global batch "

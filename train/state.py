@@ -14,10 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct, traverse_util
+from flax import linen as nn, struct, traverse_util
 from jax.sharding import NamedSharding
-
-from flax_effnet.model import EfficientNet
 
 
 class TrainState(struct.PyTreeNode):
@@ -30,7 +28,7 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array  # uint32[2] base key of the run
 
 
-def init_variables(model: EfficientNet, image_size: int, rng: jax.Array, sharding: NamedSharding) -> dict:
+def init_variables(model: nn.Module, image_size: int, rng: jax.Array, sharding: NamedSharding) -> dict:
     """Fresh variables, computed by a jitted init straight into `sharding` (replicated)."""
     def init(rng):
         x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -62,7 +60,7 @@ def create_train_state(
 
 
 def abstract_train_state(
-    model: EfficientNet, image_size: int, tx, *, ema: bool, sharding: NamedSharding
+    model: nn.Module, image_size: int, tx, *, ema: bool, sharding: NamedSharding
 ) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it (restore target)."""
     def build():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
-from flax_effnet.model import EfficientNet
 from flax_effnet.train import optim
 from flax_effnet.train.state import TrainState
 
@@ -33,7 +33,7 @@ def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     *,
-    model: EfficientNet,
+    model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     num_classes: int,
@@ -77,7 +77,7 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch_stats, batch: dict[str, jax.Array], *, model: EfficientNet, num_classes: int) -> dict:
+def eval_step(params, batch_stats, batch: dict[str, jax.Array], *, model: nn.Module, num_classes: int) -> dict:
     """Sums over the unmasked examples of a batch: loss, top-1 and top-5 hits, count."""
     logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)

@@ -12,14 +12,16 @@ nn.BatchNorm2d's momentum 0.1 (timm sets only `bn_eps` for `tf_` models), Flax 0
 
 from __future__ import annotations
 
-from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from flax_effnet.preprocessing import Preprocessing
+from flax_effnet.registry import model_entry
 
 from flax_effnet.convert.formats.base import SourceFormat, count_by_stage, variant_name
 
 
-def _block(spec, _global_index):
+def block_names(spec, _global_index):
+    """timm's `DepthwiseSeparableConv` / `InvertedResidual` names (EfficientNet and MobileNetV2)."""
     p = f"blocks.{spec.stage}.{spec.index}"
-    se = {"se/reduce": f"{p}.se.conv_reduce", "se/expand": f"{p}.se.conv_expand"}
+    se = {"se/reduce": f"{p}.se.conv_reduce", "se/expand": f"{p}.se.conv_expand"} if spec.se_channels else {}
     if spec.expanded_channels == spec.in_channels:  # DepthwiseSeparableConv
         return {"conv_dw": f"{p}.conv_dw", "bn_dw": f"{p}.bn1", **se, "conv_pwl": f"{p}.conv_pw", "bn_pwl": f"{p}.bn2"}
     return {
@@ -37,52 +39,24 @@ def _blocks_per_stage(shapes):
     return count_by_stage(shapes, r"blocks\.(\d+)\.(\d+)\.")
 
 
-# timm 1.0.31 efficientnet.py default_cfgs, the first ImageNet-mean/std tag of each model
-# (efficientnet_b0.ra_in1k, b1.ft_in1k, b2.ra_in1k, b3.ra2_in1k, b4.ra2_in1k,
-# b5.sw_in12k_ft_in1k, b6/b7 .untrained): (input_size, crop_pct); all bicubic.
-_TIMM_CFG = {
-    "b0": (224, 0.875),
-    "b1": (224, 0.875),
-    "b2": (256, 0.875),
-    "b3": (288, 0.875),
-    "b4": (320, 0.875),
-    "b5": (448, 1.0),
-    "b6": (528, 0.942),
-    "b7": (600, 0.949),
-}
-
-# timm 1.0.31 default_cfgs of tf_efficientnet_bX.in1k (b0-b5) and .aa_in1k (b6, b7):
-# the variant's native resolution and TF's crop_pct; ImageNet mean/std, bicubic.
-TF_CFG = {
-    "b0": (224, 0.875),
-    "b1": (240, 0.882),
-    "b2": (260, 0.890),
-    "b3": (300, 0.904),
-    "b4": (380, 0.922),
-    "b5": (456, 0.934),
-    "b6": (528, 0.942),
-    "b7": (600, 0.949),
-}
-
-
 def tf_preprocessing(variant) -> Preprocessing:
     """Eval preprocessing of TF-ported EfficientNet weights (timm's tf_efficientnet cfgs)."""
-    size, crop_pct = TF_CFG[variant_name(variant)]
-    return Preprocessing(size, crop_pct, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    return model_entry(f"tf_efficientnet_{variant_name(variant)}").preprocessing
 
 
 def _timm_preprocessing(variant):
-    size, crop_pct = _TIMM_CFG[variant_name(variant)]
-    return Preprocessing(size, crop_pct, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    return model_entry(f"efficientnet_{variant_name(variant)}").preprocessing
 
 
 _COMMON = dict(
     stem=("conv_stem", "bn1"),
     head=("conv_head", "bn2"),
     classifier=("classifier",),
-    block=_block,
+    block=block_names,
     blocks_per_stage=_blocks_per_stage,
     bn_momentum=lambda variant: 0.9,
+    # timm's MobileNets share `conv_stem`; only the EfficientNets have squeeze-excite.
+    signature=r"blocks\.\d+\.\d+\.se\.conv_reduce\.",
 )
 
 TIMM = SourceFormat(

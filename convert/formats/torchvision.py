@@ -81,4 +81,5 @@ FORMAT = SourceFormat(
     bn_momentum=_bn_momentum,
     preprocessing=_preprocessing,
     reference="torchvision.models.efficientnet_bX()",
+    signature=r"features\.\d+\.\d+\.block\.",  # torchvision's MobileNetV2 shares the stem key
 )

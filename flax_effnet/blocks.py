@@ -1,0 +1,168 @@
+"""Blocks the families share: the layer constructors bound once per network, conv + BN + act,
+and the mobile inverted bottleneck (MobileNetV2; EfficientNet's MBConv with SE).
+
+`network_ops` binds the layers of `flax_effnet.layers` to a network's settings once (flax
+`examples/imagenet` style), so every family runs the same CPU formulation: depthwise convs as
+shifted multiply-adds, 1x1 convs as matmuls with a 2-D weight gradient, BatchNorm +
+activation with a hand-written gradient, and the 3-channel stem conv as a patch matmul.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from flax_effnet.layers import (
+    Activation,
+    BatchNormAct,
+    DepthwiseConv,
+    DepthwiseImpl,
+    DropPath,
+    Padding,
+    PatchConv,
+    PointwiseConv,
+    SqueezeExcite,
+    conv_init,
+    dense_init,
+    resolve_depthwise_impl,
+    spatial_padding,
+)
+from flax_effnet.specs import BlockSpec
+
+ModuleDef = Callable[..., nn.Module]
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """The layer constructors of one network, bound to its settings.
+
+    Attributes:
+      norm: `BatchNormAct` (call with `act=` and `name=`).
+      pointwise: 1x1 conv without bias (`PointwiseConv`), called like `nn.Conv`.
+      depthwise: `DepthwiseConv(kernel_size, stride, padding)`.
+      stem_conv: the 3-channel stem conv (`PatchConv` in the CPU formulation, else `nn.Conv`).
+      se: `SqueezeExcite(reduced_channels, ...)`.
+    """
+
+    norm: ModuleDef
+    pointwise: ModuleDef
+    depthwise: ModuleDef
+    stem_conv: ModuleDef
+    se: ModuleDef
+
+
+def network_ops(
+    *,
+    train: bool,
+    depthwise_impl: DepthwiseImpl,
+    bn_momentum: float,
+    bn_epsilon: float,
+    dtype: Dtype,
+    param_dtype: Dtype,
+) -> Ops:
+    """The constructors for a network with these settings.
+
+    'shift' (what 'auto' picks on CPU) is the CPU formulation: besides the depthwise conv, it
+    takes 1x1 weight gradients as 2-D matmuls, BatchNorm + activation gradients by hand, and
+    runs the 3-channel stem conv as a patch matmul. Params are the same either way.
+    """
+    cpu_formulation = resolve_depthwise_impl(depthwise_impl) == "shift"
+    return Ops(
+        norm=functools.partial(
+            BatchNormAct,
+            fused_grad=cpu_formulation,
+            use_running_average=not train,
+            momentum=bn_momentum,
+            epsilon=bn_epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        ),
+        # Every 1x1 conv (expand, project, head) is a matmul; same params as nn.Conv.
+        pointwise=functools.partial(
+            PointwiseConv,
+            kernel_init=conv_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            flat_weight_grad=cpu_formulation,
+        ),
+        depthwise=functools.partial(
+            DepthwiseConv, impl=depthwise_impl, dtype=dtype, param_dtype=param_dtype
+        ),
+        stem_conv=functools.partial(
+            PatchConv if cpu_formulation else nn.Conv,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        ),
+        se=functools.partial(SqueezeExcite, dtype=dtype, param_dtype=param_dtype),
+    )
+
+
+class ConvBN(nn.Module):
+    """Conv -> BatchNorm -> activation, the stem and head unit (params `conv`, `bn`).
+
+    `act`: 'silu', 'relu', 'relu6', or None; True is SiLU (EfficientNet's).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: Padding
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Activation = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        pads = spatial_padding(x.shape, k, self.stride, self.padding)
+        x = self.conv(self.features, (k, k), (self.stride, self.stride), pads, name="conv")(x)
+        return self.norm(act=self.act, name="bn")(x)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck (MobileNetV2, Sandler et al. 2018), with squeeze-excite
+    when `spec.se_channels` > 0 (EfficientNet, paper section 4).
+
+    1x1 expand (skipped when the ratio is 1) -> kxk depthwise -> [SE] -> 1x1 linear
+    projection, with an identity shortcut through stochastic depth when stride is 1 and
+    in == out. `act` follows the expand and depthwise convs: SiLU in EfficientNet, ReLU6 in
+    MobileNetV2.
+    """
+
+    spec: BlockSpec
+    padding: Padding
+    ops: Ops
+    act: Activation = "silu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        s, ops = self.spec, self.ops
+        shortcut = x
+        if s.expanded_channels != s.in_channels:
+            x = ops.pointwise(s.expanded_channels, (1, 1), name="conv_exp")(x)
+            x = ops.norm(act=self.act, name="bn_exp")(x)
+        x = ops.depthwise(s.kernel_size, s.stride, self.padding, name="conv_dw")(x)
+        x = ops.norm(act=self.act, name="bn_dw")(x)
+        if s.se_channels:
+            x = ops.se(s.se_channels, name="se")(x)
+        x = ops.pointwise(s.out_channels, (1, 1), name="conv_pwl")(x)
+        x = ops.norm(name="bn_pwl")(x)
+        if s.has_residual:
+            x = DropPath(s.drop_path_rate, name="drop_path")(x, deterministic=not train)
+            x = x + shortcut
+        return x
+
+
+def classifier(num_classes: int, param_dtype: Dtype, name: str = "classifier") -> nn.Dense:
+    """The final Dense layer (TF's uniform init): float32 logits whatever the compute dtype."""
+    return nn.Dense(
+        num_classes, kernel_init=dense_init, dtype=jnp.float32, param_dtype=param_dtype, name=name
+    )
