@@ -123,8 +123,11 @@ def test_pair_losses_match_single_process_through_the_restart(runs):
     assert sorted(single) == sorted(pair) == list(range(1, STEPS + 1))
     a, b = (np.array([d[s] for s in range(1, STEPS + 1)]) for d in (single, pair))
     print(f"max |loss difference| 2x2 vs 1x4: {np.max(np.abs(a - b)):.3g} (losses {a.round(4).tolist()})")
-    # Only the order of float32 reductions differs (over 4 devices in 1 or 2 processes).
-    np.testing.assert_allclose(b, a, rtol=1e-3)
+    # Only the order of float32 reductions differs (over 4 devices in 1 or 2 processes); the
+    # early large-gradient steps amplify it about tenfold a step (measured: 3e-7, 3e-7, 2e-6,
+    # 1.4e-5, 2e-4, 1.3e-3). Other data or another batch order moves a loss by 1e-1 and more.
+    np.testing.assert_allclose(b[:3], a[:3], rtol=1e-4)
+    np.testing.assert_allclose(b, a, rtol=5e-3)
     e1, e2 = _eval(runs["single"]), _eval(runs["pair"])
     assert e1["step"] == e2["step"] == STEPS
     assert e1["eval/top1"] == e2["eval/top1"]
