@@ -181,6 +181,12 @@ def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints):
     """`convert_state_dict` for EfficientDet: the class count is the class head's outputs per
     anchor; `num_classes` N replaces that head's prediction conv with a fresh N-way one."""
     family = get_family(fmt.family)
+    # effdet's DetBenchTrain / DetBenchPredict save their anchors beside `model.`: derived from
+    # the input size, rebuilt from the model's AnchorSpec, so not weights.
+    bench = sorted(k for k in tensors if not k.startswith(prefix) and k.endswith("anchors.boxes"))
+    if bench:
+        notes.append(f"effdet bench wrapper: {', '.join(bench)} not converted (anchors follow from the model's AnchorSpec)")
+        tensors = {k: v for k, v in tensors.items() if k not in bench}
     stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     shapes = {k: tuple(v.shape) for k, v in stripped.items()}
     base = family.build(arch.fields)
@@ -231,7 +237,7 @@ def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints):
         model_name=name,
         prefix=prefix,
         notes=notes,
-        ignored=[prefix + k for k in ignored],
+        ignored=bench + [prefix + k for k in ignored],
         num_tensors=len(consumed),
     )
     return model, unflatten_variables(flat), info

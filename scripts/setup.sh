@@ -23,9 +23,10 @@ case "$MODE" in
       || "${PIP[@]}" "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
     "${PIP[@]}" -e ".[all]"
     # Reference model code for the equivalence tests. Their metadata asks for a newer torch (and
-    # torchvision's compiled ops do not match the CPU torch), so: no deps;
+    # torchvision's compiled ops do not match the CPU torch), so: no deps (effdet's pure-Python
+    # ones, omegaconf and pycocotools, come with the test extra);
     # flax_effnet.convert.verify.import_torchvision registers the two op schemas its import needs.
-    "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31"
+    "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31" "effdet==0.4.1"
     ;;
   *)
     echo "usage: bash scripts/setup.sh [train|test]" >&2
