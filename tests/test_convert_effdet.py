@@ -75,8 +75,10 @@ def compare(m, x, model, variables) -> dict:
             r = r.numpy().transpose(0, 2, 3, 1)
             assert a.shape == r.shape, (head, level)
             out[f"{head} P{level}"] = (float(np.abs(np.asarray(a) - r).max()), float(np.abs(r).max()))
-    print({k: f"{d:.2e} of {s:.2f}" for k, (d, s) in out.items()})
     worst = max(d / max(1.0, s) for d, s in out.values())
+    print(f"max |diff| {max(d for d, _ in out.values()):.2e}, max |output| "
+          f"{max(s for _, s in out.values()):.2f}, worst diff / max(1, |output|) {worst:.2e}:",
+          {k: f"{d:.2e} of {s:.2f}" for k, (d, s) in out.items()})
     assert worst <= GATE, out
     return out
 
