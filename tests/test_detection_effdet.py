@@ -163,11 +163,10 @@ def test_loss_equal_effdet():
     cls, box, cls_t, box_t = random_outputs(rng, image_size, num_classes, batch)
     anchors = jnp.asarray(SPEC.boxes(image_size))
     gt = [random_gt(rng, image_size, 6, num_classes) for _ in range(batch)]
-    targets = [label_anchors(anchors, jnp.asarray(b), jnp.asarray(c)) for b, c in gt]
-    cls_targets = np.stack([np.asarray(t[0]) for t in targets])
+    cls_targets, box_targets, num_pos = map(np.array, jax.jit(
+        jax.vmap(label_anchors, in_axes=(None, 0, 0)))(
+            anchors, np.stack([b for b, _ in gt]), np.stack([c for _, c in gt])))
     cls_targets[:, ::7] = -2  # anchors to ignore (the loss masks them)
-    box_targets = np.stack([np.asarray(t[1]) for t in targets])
-    num_pos = np.stack([np.asarray(t[2]) for t in targets])
 
     # effdet takes per-level targets [B, H, W, A] and [B, H, W, A * 4].
     sizes = [h * w * SPEC.num_anchors for h, w in SPEC.feat_sizes(image_size)]
