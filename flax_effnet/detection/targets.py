@@ -37,16 +37,28 @@ def label_anchors(anchor_boxes: jax.Array, gt_boxes: jax.Array, gt_classes: jax.
     """
     num_gt = gt_boxes.shape[0]
     valid = gt_classes >= 0
-    iou = jnp.where(valid[:, None], box_iou(gt_boxes, anchor_boxes), -1.0)  # [G, N]
-    best_iou, best_gt = iou.max(axis=0), iou.argmax(axis=0)
+    # Both reductions run along the minor axis (XLA's CPU argmax and major-axis reductions are
+    # several times slower), so the IoU is built in both layouts (the same values, up to XLA
+    # fusing a multiply-add).
+    best_iou, best_gt = _max_and_first_argmax(
+        jnp.where(valid[None, :], box_iou(anchor_boxes, gt_boxes), -1.0))  # [N] over gt
     matches = jnp.where(best_iou >= match_threshold, best_gt, -1)
     # Force match: anchor argmax(iou[g]) goes to g; on a clash the lowest g wins, as effdet's
     # torch.max over the one-hot rows returns the first.
+    _, best_anchor = _max_and_first_argmax(box_iou(gt_boxes, anchor_boxes))  # [G] over anchors
     rows = jnp.where(valid, jnp.arange(num_gt), num_gt)
-    forced_gt = jnp.full(anchor_boxes.shape[0], num_gt).at[iou.argmax(axis=1)].min(rows)
+    forced_gt = jnp.full(anchor_boxes.shape[0], num_gt).at[best_anchor].min(rows)
     matches = jnp.where(forced_gt < num_gt, forced_gt, matches)
     positive = matches >= 0
     gt = jnp.maximum(matches, 0)
     cls_targets = jnp.where(positive, gt_classes[gt], BACKGROUND).astype(jnp.int32)
     box_targets = jnp.where(positive[:, None], encode_boxes(gt_boxes[gt], anchor_boxes), 0.0)
     return cls_targets, box_targets.astype(jnp.float32), positive.sum().astype(jnp.float32)
+
+
+def _max_and_first_argmax(x: jax.Array):
+    """Max over the last axis and the first index reaching it (torch's and jnp's argmax tie
+    rule), as a max and a min reduction."""
+    best = x.max(axis=-1, keepdims=True)
+    size = x.shape[-1]
+    return best[..., 0], jnp.min(jnp.where(x == best, jnp.arange(size), size), axis=-1)
