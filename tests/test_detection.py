@@ -100,12 +100,15 @@ def test_nms_pads_when_fewer_survive():
 
 
 def test_detect_scales_back_to_the_original_image():
-    anchors = xyxy((0, 0, 40, 40))
-    codes = jnp.zeros((1, 1, 4))
-    logits = jnp.zeros((1, 1, 1))
-    dets = detect_jit(logits, codes, anchors, max_detections=1, img_scale=jnp.asarray([2.0]),
-                      img_size=jnp.asarray([[50, 60]]))  # (h, w): in input pixels 25 x 30
-    np.testing.assert_allclose(dets.boxes[0, 0], [0, 0, 60, 50])
+    anchors = np.array([[0, 0, 40, 40]], np.float32)  # numpy anchors work under jit too
+    codes = jnp.zeros((2, 1, 4))
+    logits = jnp.zeros((2, 1, 1))
+    dets = detect_jit(logits, codes, anchors, max_detections=1, img_scale=jnp.asarray([2.0, 1.0]),
+                      img_size=jnp.asarray([[50, 60], [30, 20]]))  # (h, w)
+    # Clipped in input pixels to (25, 30) and (30, 20), then scaled.
+    np.testing.assert_allclose(dets.boxes[:, 0], [[0, 0, 60, 50], [0, 0, 20, 30]])
+    dets = detect_jit(logits, codes, anchors, max_detections=1, img_scale=0.5)  # one for all
+    np.testing.assert_allclose(dets.boxes[:, 0], [[0, 0, 20, 20]] * 2)
 
 
 def test_decode_zero_codes_give_the_anchors():

@@ -88,14 +88,16 @@ def detect(class_outputs, box_outputs, anchor_boxes, *, max_detections: int = 10
       anchor_boxes: `[N, 4]` yxyx from `AnchorSpec.boxes(input size)`.
       max_detections, iou_threshold, top_k: effdet's `max_det_per_image`, NMS IoU,
         `max_detection_points`.
-      img_scale: optional `[B]` original / input size ratio of letterboxed images (effdet's
-        `img_scale`): boxes come back in original-image pixels.
-      img_size: optional `[B, 2]` original (height, width); with `img_scale`, boxes are first
-        clipped to the image (in input pixels, `img_size / img_scale`), as effdet does.
+      img_scale: optional `[B]` (or one for all) original / input size ratio of letterboxed
+        images (effdet's `img_scale`): boxes come back in original-image pixels.
+      img_size: optional `[B, 2]` (or one for all) original (height, width); with `img_scale`,
+        boxes are first clipped to the image (in input pixels, `img_size / img_scale`), as
+        effdet does (effdet's `img_size` is (width, height)).
     Returns:
       `Detections` with `max_detections` slots per image.
     """
     box = as_flat(box_outputs, 4)
+    anchor_boxes = jnp.asarray(anchor_boxes)  # numpy anchors cannot be indexed by tracers
     n = anchor_boxes.shape[0]
     if box.shape[1] != n:
         raise ValueError(f"box outputs have {box.shape[1]} anchors, anchor_boxes {n}")
@@ -116,7 +118,7 @@ def detect(class_outputs, box_outputs, anchor_boxes, *, max_detections: int = 10
         boxes = decode_boxes(box_i[anchor_idx].astype(jnp.float32), anchor_boxes[anchor_idx],
                              xyxy=True)
         if clip:
-            limit = jnp.asarray(size_i, jnp.float32)[::-1] / scale_i  # (w, h) for x, y
+            limit = size_i[::-1] / scale_i  # (w, h) for x, y
             boxes = jnp.minimum(jnp.maximum(boxes, 0), jnp.tile(limit, 2))
         scores = jax.nn.sigmoid(logits.astype(jnp.float32))
         keep, valid = nms(boxes, scores, class_idx, iou_threshold=iou_threshold,
@@ -127,5 +129,7 @@ def detect(class_outputs, box_outputs, anchor_boxes, *, max_detections: int = 10
         return Detections(boxes, jnp.where(valid, scores[keep], 0.0),
                           jnp.where(valid, class_idx[keep], -1).astype(jnp.int32), valid)
 
-    scale = None if img_scale is None else jnp.asarray(img_scale, jnp.float32).reshape(batch)
-    return jax.vmap(one)(cls, box, scale, img_size if clip else None)
+    scale = None if img_scale is None else jnp.broadcast_to(
+        jnp.asarray(img_scale, jnp.float32), (batch,))
+    size = jnp.broadcast_to(jnp.asarray(img_size, jnp.float32), (batch, 2)) if clip else None
+    return jax.vmap(one)(cls, box, scale, size)

@@ -35,6 +35,7 @@ def label_anchors(anchor_boxes: jax.Array, gt_boxes: jax.Array, gt_classes: jax.
       (cls_targets `[N]` int32: class id, -1 background; box_targets `[N, 4]` float32 codes
       `(ty, tx, th, tw)`, zero for background; num_positives float32 scalar).
     """
+    anchor_boxes, gt_boxes = jnp.asarray(anchor_boxes), jnp.asarray(gt_boxes)
     num_gt = gt_boxes.shape[0]
     valid = gt_classes >= 0
     # Both reductions run along the minor axis (XLA's CPU argmax and major-axis reductions are
