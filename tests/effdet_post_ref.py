@@ -19,9 +19,10 @@ def import_effdet():
 
 
 def numpy_batched_nms(boxes, scores, idxs, iou_threshold: float):
-    """torchvision.ops.batched_nms in numpy: per class, greedy in descending score (stable
-    sort), dropping boxes with IoU > threshold against a kept one, computed in the boxes' dtype
-    as torchvision's CPU kernel does; kept indices returned by descending score."""
+    """torchvision.ops.batched_nms in numpy (its `_batched_nms_vanilla`): per class, greedy in
+    descending score (stable sort), dropping boxes with IoU > threshold against a kept one,
+    computed in the boxes' dtype as torchvision's CPU kernel does; then all kept indices, in
+    index order, sorted by descending score (stable: equal scores stay in index order)."""
     import torch
 
     b, s, c = boxes.numpy(), scores.numpy(), idxs.numpy()
@@ -41,7 +42,7 @@ def numpy_batched_nms(boxes, scores, idxs, iou_threshold: float):
             inter = iw * ih
             with np.errstate(invalid="ignore", divide="ignore"):
                 suppressed |= inter / (areas[i] + areas - inter) > iou_threshold
-    keep = np.array(keep, np.int64)
+    keep = np.sort(np.array(keep, np.int64))
     keep = keep[np.argsort(-s[keep], kind="stable")]
     return torch.from_numpy(keep)
 

@@ -185,3 +185,49 @@ def test_loss_equal_effdet():
     for got, want in zip(ours, ref):
         np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
     assert float(ours[2]) > 0  # the box term is exercised
+
+
+@pytest.mark.slow
+def test_model_detections_equal_effdet_bench(monkeypatch):
+    """End to end: a converted random tf_efficientdet_d0 (3 classes, 128 x 256 input) plus
+    `detect` give effdet's DetBenchPredict detections."""
+    import convert_refs as R
+    from effdet import EfficientDet, get_efficientdet_config
+
+    from flax_effnet.convert.api import convert_state_dict
+
+    patch_effdet_nms(monkeypatch)
+    image_size, num_classes = (128, 256), 3
+    config = get_efficientdet_config("tf_efficientdet_d0")
+    config.image_size, config.num_classes = image_size, num_classes
+    torch.manual_seed(0)
+    ref_model = EfficientDet(config, pretrained_backbone=False)
+    x = np.random.default_rng(4).normal(size=(2, 3, *image_size)).astype(np.float32)
+    R.randomize(ref_model, x)  # weights, BN affine and running statistics
+    with torch.no_grad():
+        for name, p in ref_model.named_parameters():
+            if name.endswith("edge_weights"):  # fusion weights, some negative (ReLU'd)
+                p.copy_(torch.linspace(-0.5, 1.5, p.numel())[torch.randperm(p.numel())])
+            # Outputs of a trained detector's size: box codes O(1) (exp(10) boxes would make NMS
+            # decide on rounding noise) and logits below ~10 (sigmoid(79) ties at 1.0).
+            if name.startswith("box_net.predict.conv_pw"):
+                p.mul_(0.03)
+            if name.startswith("class_net.predict.conv_pw"):
+                p.mul_(0.1)
+    ref = ed_bench.DetBenchPredict(ref_model).eval()
+    with torch.no_grad():
+        want_all = ref(torch.from_numpy(x)).numpy()
+
+    model, variables, _ = convert_state_dict(ref_model.state_dict())
+    run = jax.jit(lambda v, images: detect(*model.apply(v, images), SPEC.boxes(image_size)))
+    ours = run(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    for i in range(2):
+        want = want_all[i][want_all[i, :, 4] > 0]
+        n = int(ours.valid[i].sum())
+        assert n == len(want) == 100
+        got = sorted_rows(np.asarray(ours.boxes[i, :n]), np.asarray(ours.scores[i, :n]),
+                          np.asarray(ours.classes[i, :n]) + 1)
+        want = sorted_rows(want[:, :4], want[:, 4], want[:, 5])
+        np.testing.assert_array_equal(got[:, 5], want[:, 5])
+        np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-2)
