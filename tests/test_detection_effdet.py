@@ -30,11 +30,15 @@ def random_outputs(rng, image_size, num_classes, batch, grow=0.0):
     is added to the log-size codes (big boxes overlap more, so NMS drops more)."""
     cls, box = [], []
     for h, w in SPEC.feat_sizes(image_size):
-        cls.append(rng.normal(size=(batch, h, w, SPEC.num_anchors * num_classes)).astype(np.float32))
+        logits = rng.normal(size=(batch, h, w, SPEC.num_anchors * num_classes))
+        cls.append(logits.astype(np.float32))
         codes = 0.3 * rng.normal(size=(batch, h, w, SPEC.num_anchors, 4)) + (0, 0, grow, grow)
         box.append(codes.reshape(batch, h, w, -1).astype(np.float32))
-    to_torch = lambda xs: [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) for x in xs]  # noqa: E731
-    return cls, box, to_torch(cls), to_torch(box)
+    return cls, box, nchw_tensors(cls), nchw_tensors(box)
+
+
+def nchw_tensors(arrays):
+    return [torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) for x in arrays]
 
 
 @pytest.mark.parametrize("spec,image_size", [
