@@ -129,6 +129,9 @@ def test_labeler_edge_cases():
     # Decoding an anchor's target gives its ground-truth box back.
     i = int(np.argmax(np.asarray(cls)))
     np.testing.assert_allclose(decode_boxes(box[i], anchors[i]), gt[0], atol=1e-3)
+    # Zero ground-truth rows (a static shape of 0): all background.
+    cls, box, num = label_anchors(anchors, jnp.zeros((0, 4)), jnp.zeros((0,), jnp.int32))
+    assert (np.asarray(cls) == -1).all() and not np.asarray(box).any() and float(num) == 0
 
 
 def test_loss_is_differentiable_and_ignores_ignored_anchors():

@@ -37,6 +37,10 @@ def label_anchors(anchor_boxes: jax.Array, gt_boxes: jax.Array, gt_classes: jax.
     """
     anchor_boxes, gt_boxes = jnp.asarray(anchor_boxes), jnp.asarray(gt_boxes)
     num_gt = gt_boxes.shape[0]
+    if num_gt == 0:  # no rows at all (static): every anchor is background
+        n = anchor_boxes.shape[0]
+        return (jnp.full(n, BACKGROUND, jnp.int32), jnp.zeros((n, 4), jnp.float32),
+                jnp.zeros((), jnp.float32))
     valid = gt_classes >= 0
     # Both reductions run along the minor axis (XLA's CPU argmax and major-axis reductions are
     # several times slower), so the IoU is built in both layouts (the same values, up to XLA
