@@ -96,13 +96,17 @@ def test_tf_efficientdet_d0_outputs_match_effdet():
 
 @pytest.mark.slow
 def test_efficientdet_d0_file_through_cli_matches_effdet(tmp_path, capsys):
-    """A plain state_dict file -> `convert_torch_weights` -> weights directory ->
+    """A plain state_dict file -> `convert_torch_weights --verify` -> weights directory ->
     `load_pretrained` gives effdet's outputs."""
     m, x = reference("efficientdet_d0", (128, 256), seed=1)
     src = tmp_path / "efficientdet_d0.pth"
     torch.save(m.state_dict(), src)
-    assert main([str(src), "-o", str(tmp_path / "out")]) == 0
-    assert "effdet efficientdet_d0 (family efficientdet, model efficientdet_d0)" in capsys.readouterr().out
+    assert main([str(src), "-o", str(tmp_path / "out"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "effdet efficientdet_d0 (family efficientdet, model efficientdet_d0)" in out
+    # --verify builds effdet's efficientdet_d0 by name and loads the file's tensors into it.
+    assert "verify vs effdet.efficientdet.EfficientDet at 128x128" in out and "top-1 agrees" in out
+    assert float(out.split("max |logit diff| ")[1].split(",")[0]) < 1e-4
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model"]["family"] == "efficientdet" and config["model"]["padding"] == "symmetric"
     assert config["preprocessing"]["input_size"] == 512
