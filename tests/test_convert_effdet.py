@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import convert_refs as R
-from flax_effnet import EfficientDet, create_model, load_pretrained
+from flax_effnet import EfficientDet, create_model, list_models, load_pretrained
 from flax_effnet.convert import convert_state_dict
 from flax_effnet.convert.cli import main
 from flax_effnet.convert.errors import KeyMismatchError, UnknownVariantError
@@ -130,6 +130,16 @@ def test_sum_fusion_at_a_size_that_is_not_a_multiple_of_128():
     flat, consumed, _ = _fill(EFFDET, "sum", table(model, CLASS_PREDICT, 90), tensors, "", [])
     assert not any(k.endswith("edge_weights") for k in consumed)
     compare(m, x, model, unflatten_variables(flat))
+
+
+@pytest.mark.parametrize("name", list_models("*efficientdet_*"))
+def test_key_table_is_effdets_state_dict(name):
+    """Every key and torch shape of effdet's model of that name, and nothing else (built on
+    the meta device: shapes, no memory). test_efficientdet.py checks the Flax side."""
+    with torch.device("meta"):
+        m = _effdet().create_model(name, pretrained=False, pretrained_backbone=False)
+    ref = {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert {r.torch_key: r.torch_shape for r in table(create_model(name), CLASS_PREDICT, 90)} == ref
 
 
 @functools.lru_cache(maxsize=1)
