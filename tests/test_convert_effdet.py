@@ -16,6 +16,7 @@ import json
 
 import jax
 import numpy as np
+from flax import traverse_util
 import pytest
 import torch
 
@@ -130,6 +131,40 @@ def test_sum_fusion_at_a_size_that_is_not_a_multiple_of_128():
     flat, consumed, _ = _fill(EFFDET, "sum", table(model, CLASS_PREDICT, 90), tensors, "", [])
     assert not any(k.endswith("edge_weights") for k in consumed)
     compare(m, x, model, unflatten_variables(flat))
+
+
+@pytest.mark.slow
+def test_train_mode_batch_statistics_match_effdet():
+    """Train mode: every BN normalises with its own batch's statistics, the heads' BNs one level
+    each, and the running means move as torch's do (momentum 0.01 = Flax 0.99 in the BiFPN and
+    heads, timm's 0.1 = 0.9 in the backbone). Stochastic depth off on both sides."""
+    small = dict(fpn_channels=32, fpn_cell_repeats=2, box_class_repeats=2)
+    m, x = reference("tf_efficientdet_d0", (128, 192), seed=3, backbone_args=dict(drop_path_rate=0.0), **small)
+    model = create_model("tf_efficientdet_d0", drop_path_rate=0.0, **small)
+    tensors = {k: v.numpy().copy() for k, v in m.state_dict().items()}  # torch updates in place
+    from flax_effnet.convert.api import _fill
+    from flax_effnet.pretrained import unflatten_variables
+
+    flat, _, _ = _fill(EFFDET, "train", table(model, CLASS_PREDICT, 90), tensors, "", [])
+    variables = unflatten_variables(flat)
+    m.train()
+    with torch.no_grad():
+        ref_cls, ref_box = m(torch.from_numpy(x))
+    run = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    (cls, box), updates = run(variables, x.transpose(0, 2, 3, 1))
+    worst = 0.0
+    for ours, ref in zip(cls + box, ref_cls + ref_box):
+        r = ref.numpy().transpose(0, 2, 3, 1)
+        worst = max(worst, np.abs(np.asarray(ours) - r).max() / max(1.0, np.abs(r).max()))
+    print(f"train mode: worst diff / max(1, |output|) {worst:.2e}")
+    assert worst <= GATE
+    new = {k: v.numpy() for k, v in m.state_dict().items()}
+    stats = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+    for row in table(model, CLASS_PREDICT, 90):
+        if row.flax_path.endswith("/mean"):
+            got = np.asarray(stats[row.flax_path.removeprefix("batch_stats/")])
+            assert not np.allclose(new[row.torch_key], tensors[row.torch_key])  # it moved
+            np.testing.assert_allclose(got, new[row.torch_key], rtol=1e-4, atol=1e-5, err_msg=row.torch_key)
 
 
 @pytest.mark.parametrize("name", list_models("*efficientdet_*"))
