@@ -6,7 +6,10 @@ random normalised image; the Flax model gets the same image in NHWC. Reported: m
 difference|, whether top-1 agrees, and the max difference of each stage's output, so a
 mismatch says where it starts. The seed formats have no importable package; their
 equivalence is proven by the test suite's reference modules. timm's MobileNets and ReXNets
-are built by name, so only widths timm registers can be verified.
+are built by name, so only widths timm registers can be verified. effdet detectors are built
+by name with effdet's own config at the verify size (rounded up to a multiple of 2**max_level):
+the class outputs of every level count as the logits (top-1: the best (anchor, class) of each
+image), and each level's box outputs as the stages.
 """
 
 from __future__ import annotations
@@ -188,6 +191,8 @@ def verify(
     """
     import torch
 
+    if info.family == "efficientdet":
+        return _verify_detector(tensors, model, variables, info, input_size, seed)
     n_ref = info.num_classes if info.classifier == "converted" else 1000
     built = reference_model(info, model, n_ref, input_size)
     if built is None:
@@ -216,3 +221,45 @@ def verify(
     else:
         diff, agree = None, None
     return VerifyResult(type(module).__module__ + "." + type(module).__name__, input_size, diff, agree, stage_diffs)
+
+
+def _verify_detector(tensors, model, variables, info: ConversionInfo, input_size: int, seed: int):
+    """`verify` for an effdet checkpoint; None when effdet is not importable or the model has
+    no effdet name."""
+    import torch
+
+    if info.model_name is None:
+        return None
+    try:
+        import_torchvision()  # effdet imports timm, which imports torchvision
+        import effdet
+    except ImportError:
+        return None
+    step = 2**model.anchors.max_level
+    size = -(-input_size // step) * step
+    config = effdet.get_efficientdet_config(info.model_name)
+    config.image_size = (size, size)  # effdet fixes its resampling sizes at construction
+    if info.classifier == "converted":
+        config.num_classes = info.num_classes
+    module = effdet.EfficientDet(config, pretrained_backbone=False).eval()
+    p = info.prefix
+    state = {k[len(p):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith(p)}
+    if info.classifier != "converted":  # the class prediction was replaced: keep effdet's own
+        state.update({k: v for k, v in module.state_dict().items() if k.startswith("class_net.predict.")})
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConversionError(f"--verify: effdet's {info.model_name} rejects the tensors: {e}") from None
+    x = np.random.default_rng(seed).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        t_cls, t_box = module(torch.from_numpy(x))
+    f_cls, f_box = jax.jit(model.apply)(variables, x.transpose(0, 2, 3, 1))
+    nhwc = [t.permute(0, 2, 3, 1).numpy() for t in t_box]
+    level_diffs = [float(np.max(np.abs(a - np.asarray(b)))) for a, b in zip(nhwc, f_box)]
+    diff = agree = None
+    if info.classifier == "converted":
+        t_flat = np.concatenate([t.permute(0, 2, 3, 1).reshape(2, -1).numpy() for t in t_cls], 1)
+        f_flat = np.concatenate([np.asarray(c).reshape(2, -1) for c in f_cls], 1)
+        diff = float(np.max(np.abs(t_flat - f_flat)))
+        agree = bool(np.all(t_flat.argmax(-1) == f_flat.argmax(-1)))
+    return VerifyResult(type(module).__module__ + "." + type(module).__name__, size, diff, agree, level_diffs)

@@ -16,11 +16,12 @@ import json
 
 import jax
 import numpy as np
+from flax import traverse_util
 import pytest
 import torch
 
 import convert_refs as R
-from flax_effnet import EfficientDet, create_model, load_pretrained
+from flax_effnet import EfficientDet, create_model, list_models, load_pretrained
 from flax_effnet.convert import convert_state_dict
 from flax_effnet.convert.cli import main
 from flax_effnet.convert.errors import KeyMismatchError, UnknownVariantError
@@ -96,13 +97,17 @@ def test_tf_efficientdet_d0_outputs_match_effdet():
 
 @pytest.mark.slow
 def test_efficientdet_d0_file_through_cli_matches_effdet(tmp_path, capsys):
-    """A plain state_dict file -> `convert_torch_weights` -> weights directory ->
+    """A plain state_dict file -> `convert_torch_weights --verify` -> weights directory ->
     `load_pretrained` gives effdet's outputs."""
     m, x = reference("efficientdet_d0", (128, 256), seed=1)
     src = tmp_path / "efficientdet_d0.pth"
     torch.save(m.state_dict(), src)
-    assert main([str(src), "-o", str(tmp_path / "out")]) == 0
-    assert "effdet efficientdet_d0 (family efficientdet, model efficientdet_d0)" in capsys.readouterr().out
+    assert main([str(src), "-o", str(tmp_path / "out"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "effdet efficientdet_d0 (family efficientdet, model efficientdet_d0)" in out
+    # --verify builds effdet's efficientdet_d0 by name and loads the file's tensors into it.
+    assert "verify vs effdet.efficientdet.EfficientDet at 128x128" in out and "top-1 agrees" in out
+    assert float(out.split("max |logit diff| ")[1].split(",")[0]) < 1e-4
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model"]["family"] == "efficientdet" and config["model"]["padding"] == "symmetric"
     assert config["preprocessing"]["input_size"] == 512
@@ -126,6 +131,50 @@ def test_sum_fusion_at_a_size_that_is_not_a_multiple_of_128():
     flat, consumed, _ = _fill(EFFDET, "sum", table(model, CLASS_PREDICT, 90), tensors, "", [])
     assert not any(k.endswith("edge_weights") for k in consumed)
     compare(m, x, model, unflatten_variables(flat))
+
+
+@pytest.mark.slow
+def test_train_mode_batch_statistics_match_effdet():
+    """Train mode: every BN normalises with its own batch's statistics, the heads' BNs one level
+    each, and the running means move as torch's do (momentum 0.01 = Flax 0.99 in the BiFPN and
+    heads, timm's 0.1 = 0.9 in the backbone). Stochastic depth off on both sides."""
+    small = dict(fpn_channels=32, fpn_cell_repeats=2, box_class_repeats=2)
+    m, x = reference("tf_efficientdet_d0", (128, 192), seed=3, backbone_args=dict(drop_path_rate=0.0), **small)
+    model = create_model("tf_efficientdet_d0", drop_path_rate=0.0, **small)
+    tensors = {k: v.numpy().copy() for k, v in m.state_dict().items()}  # torch updates in place
+    from flax_effnet.convert.api import _fill
+    from flax_effnet.pretrained import unflatten_variables
+
+    flat, _, _ = _fill(EFFDET, "train", table(model, CLASS_PREDICT, 90), tensors, "", [])
+    variables = unflatten_variables(flat)
+    m.train()
+    with torch.no_grad():
+        ref_cls, ref_box = m(torch.from_numpy(x))
+    run = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    (cls, box), updates = run(variables, x.transpose(0, 2, 3, 1))
+    worst = 0.0
+    for ours, ref in zip(cls + box, ref_cls + ref_box):
+        r = ref.numpy().transpose(0, 2, 3, 1)
+        worst = max(worst, np.abs(np.asarray(ours) - r).max() / max(1.0, np.abs(r).max()))
+    print(f"train mode: worst diff / max(1, |output|) {worst:.2e}")
+    assert worst <= GATE
+    new = {k: v.numpy() for k, v in m.state_dict().items()}
+    stats = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+    for row in table(model, CLASS_PREDICT, 90):
+        if row.flax_path.endswith("/mean"):
+            got = np.asarray(stats[row.flax_path.removeprefix("batch_stats/")])
+            assert not np.allclose(new[row.torch_key], tensors[row.torch_key])  # it moved
+            np.testing.assert_allclose(got, new[row.torch_key], rtol=1e-4, atol=1e-5, err_msg=row.torch_key)
+
+
+@pytest.mark.parametrize("name", list_models("*efficientdet_*"))
+def test_key_table_is_effdets_state_dict(name):
+    """Every key and torch shape of effdet's model of that name, and nothing else (built on
+    the meta device: shapes, no memory). test_efficientdet.py checks the Flax side."""
+    with torch.device("meta"):
+        m = _effdet().create_model(name, pretrained=False, pretrained_backbone=False)
+    ref = {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert {r.torch_key: r.torch_shape for r in table(create_model(name), CLASS_PREDICT, 90)} == ref
 
 
 @functools.lru_cache(maxsize=1)

@@ -42,11 +42,18 @@ def test_every_variant_is_registered():
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_param_count_equals_effdet(name):
-    # 'conv' depthwise traces one op per conv, not k*k: the same params, a quarter of the time.
+    """And the converter's effdet table fills every variable exactly (test_convert_effdet.py
+    checks the table's torch side against effdet's state_dict for every variant)."""
+    from flax_effnet.convert.formats.effdet import CLASS_PREDICT, table
+
+    # 'conv' depthwise traces one op per conv, not k*k: the same params, less tracing.
     model = create_model(name, depthwise_impl="conv")
     size = 2 ** model.anchors.max_level  # the smallest input every level exists for
-    params = shapes_of(model, (size, size))["params"]
-    assert sum(x.size for x in jax.tree.leaves(params)) == PARAM_COUNTS[name]
+    shapes = shapes_of(model, (size, size))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == PARAM_COUNTS[name]
+    flat = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+    rows = table(model, CLASS_PREDICT, model.num_classes)
+    assert len(rows) == len(flat) and {r.flax_path: r.flax_shape for r in rows} == flat
 
 
 def test_variant_settings():
