@@ -1,6 +1,6 @@
-"""Package layout: the repo's top-level `train/`, `convert/` and `infer/` install as
-`flax_effnet.train`, `flax_effnet.convert` and `flax_effnet.infer` (nothing generic like `train`
-lands at the top of site-packages). Subpackages are found with `find_packages`, so a new folder
+"""Package layout: the repo's top-level `train/`, `convert/`, `infer/` and `export/` install
+as `flax_effnet.train`, `flax_effnet.convert`, `flax_effnet.infer` and `flax_effnet.export`
+(nothing generic like `train` lands at the top of site-packages). Subpackages are found with `find_packages`, so a new folder
 with an `__init__.py` is packaged without editing a list; everything else is in pyproject.toml.
 """
 
@@ -12,6 +12,7 @@ ROOTS = {
     "flax_effnet.train": "train",
     "flax_effnet.convert": "convert",
     "flax_effnet.infer": "infer",
+    "flax_effnet.export": "export",
 }
 
 

@@ -27,6 +27,9 @@ case "$MODE" in
     # ones, omegaconf and pycocotools, come with the test extra);
     # flax_effnet.convert.verify.import_torchvision registers the two op schemas its import needs.
     "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31" "effdet==0.4.1"
+    # ONNX export: jax2onnx pins orbax-checkpoint<0.11.37 (the trainer needs >=0.12.8) though
+    # it never imports orbax for export; its imported dependencies are the `export` extra.
+    "${PIP[@]}" --no-deps "jax2onnx==0.17.1"
     ;;
   *)
     echo "usage: bash scripts/setup.sh [train|test]" >&2

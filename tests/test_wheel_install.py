@@ -4,7 +4,8 @@ The rest of the suite imports the editable install, which maps the repo's folder
 so cannot notice a subpackage missing from the wheel. Here the wheel is built, installed
 non-editable (with only its base dependencies) into a fresh virtual environment, and every
 console script is run from a directory outside the checkout: `--help` of each, one real
-conversion of a timm checkpoint (a .safetensors file, which needs no PyTorch) and one predict.
+conversion of a timm checkpoint (a .safetensors file, which needs no PyTorch), one predict
+and one StableHLO export.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_wheel_holds_every_package(installed):
     _, wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     roots = {"flax_effnet": "flax_effnet", "train": "flax_effnet/train", "convert": "flax_effnet/convert",
-             "infer": "flax_effnet/infer"}
+             "infer": "flax_effnet/infer", "export": "flax_effnet/export"}
     expected = [
         f"{installed_as}/{init.parent.relative_to(REPO / folder).as_posix()}/__init__.py".replace("/./", "/")
         for folder, installed_as in roots.items()
@@ -107,6 +108,14 @@ def test_convert_and_predict(installed, torchvision_ops):
     assert prediction["path"] == "photo.jpg" and len(prediction["top_k"]) == 3
     probs = [c["probability"] for c in prediction["top_k"]]
     assert probs == sorted(probs, reverse=True) and 0.0 < sum(probs) <= 1.0 + 1e-6
+
+    # StableHLO export needs nothing beyond the base install; ONNX names what to install.
+    out = _ok(_run([str(bin_dir / "export_efficientnet"), "b0_flax", "--to", "stablehlo", "-o", "b0.stablehlo",
+                    "--input-size", "40"], cwd=work))
+    assert "verify: max |diff|" in out.stdout and (work / "b0.stablehlo.json").exists()
+    out = _run([str(bin_dir / "export_efficientnet"), "b0_flax", "--to", "onnx", "-o", "b0.onnx"], cwd=work)
+    assert out.returncode == 2 and "jax2onnx" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (work / "b0.onnx").exists()
 
 
 def test_base_install_has_no_torch_and_trainer_says_what_to_install(installed):
