@@ -29,7 +29,7 @@ from flax import traverse_util
 from flax_effnet.blocks import network_ops
 from flax_effnet.efficientdet import CLASS_PRIOR, SeparableConv, bifpn_nodes
 from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from flax_effnet.registry import model_entry
+from flax_effnet.registry import get_family, model_entry
 from flax_effnet.specs import scale_network
 
 from flax_effnet.convert import layout
@@ -147,8 +147,6 @@ def new_class_predict(model: nn.Module, num_classes: int) -> dict[str, np.ndarra
 
 def twin_names(model: nn.Module, names) -> list[str]:
     """The registered models among `names` whose tensors are the same as `model`'s."""
-    from flax_effnet.registry import get_family
-
     family = get_family("efficientdet")
     mine = [(r.torch_key, r.torch_shape) for r in table(model, CLASS_PREDICT, model.num_classes)]
     out = []
