@@ -213,6 +213,13 @@ def test_containers_and_bench_prefixes(tmp_path):
     assert info.prefix == "model." and "anchors.boxes" in info.ignored
     assert all(np.array_equal(want[k], v) for k, v in _flat(variables).items()) and _flat(variables).keys() == want.keys()
 
+    # effdet's AdvProp releases (`tf_efficientdet_dX_ap`) have the same tensors; the file name
+    # brings their mean = std = 0.5.
+    src = tmp_path / "tf_efficientdet_d0_ap-d0cdbd0a.pth"
+    torch.save(m.state_dict(), src)
+    _, _, info = convert_file(src)
+    assert info.model_name == "tf_efficientdet_d0" and info.preprocessing.mean == (0.5, 0.5, 0.5)
+
     src = tmp_path / "train.pth.tar"
     torch.save({"state_dict": m.state_dict(), "state_dict_ema": ema.state_dict(), "arch": "tf_efficientdet_d0", "epoch": 3}, src)
     for use_ema, expect in ((False, want), (True, _flat(ema_plain))):
