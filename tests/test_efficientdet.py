@@ -169,7 +169,7 @@ def test_shift_training_gradients_match_conv():
     train mode (batch statistics) under the CPU formulation (shifted depthwise, 1x1 convs with
     bias as matmuls with a 2-D weight gradient, fused BN + SiLU gradients, per-level BNs on maps
     down to 1x2) give autodiff's gradients of the 'conv' path, for every param and the input
-    features. Tiny widths; the backbone is EfficientNet, whose such gradients test_depthwise.py checks."""
+    features. Tiny widths; the EfficientNet backbone's are in test_depthwise.py."""
     from flax import linen as nn
 
     from flax_effnet.blocks import network_ops
