@@ -165,7 +165,7 @@ def test_weights_directory_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_shift_training_gradients_match_conv():
-    """A BiFPN cell (cell 0: every resample conv, 2- and 3-input fast-attention nodes) and a class head in
+    """A BiFPN cell (cell 0: every resample conv, 2- and 3-input nodes) and a class head in
     train mode (batch statistics) under the CPU formulation (shifted depthwise, 1x1 convs with
     bias as matmuls with a 2-D weight gradient, fused BN + SiLU gradients, per-level BNs on maps
     down to 1x2) give autodiff's gradients of the 'conv' path, for every param and the input
