@@ -145,7 +145,7 @@ def _classifier_width(fmt, model) -> int:
     return next(r.flax_shape[0] for r in rows if r.flax_path == "params/classifier/kernel")
 
 
-def _fill(fmt, label, rows, tensors, prefix, dropped) -> tuple[dict, set, list]:
+def _fill(fmt, label, rows, tensors, prefix, dropped, hint="") -> tuple[dict, set, list]:
     """Fill every Flax leaf of `rows` from `tensors` (keys under `prefix`): returns (flat Flax
     variables, torch keys consumed, keys ignored on purpose: BN counters and `dropped`).
 
@@ -173,13 +173,14 @@ def _fill(fmt, label, rows, tensors, prefix, dropped) -> tuple[dict, set, list]:
         (prefix + k, tuple(stripped[k].shape)) for k in sorted(stripped) if k not in consumed and k not in set(ignored)
     ] + [(k, tuple(v.shape)) for k, v in tensors.items() if not k.startswith(prefix)]
     if missing or mismatched or unexpected:
-        raise _mismatch_error(fmt, label, missing, mismatched, unexpected)
+        raise _mismatch_error(fmt, label, missing, mismatched, unexpected, hint)
     return flat, consumed, ignored
 
 
-def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints):
+def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints, hint=""):
     """`convert_state_dict` for EfficientDet: the class count is the class head's outputs per
-    anchor; `num_classes` N replaces that head's prediction conv with a fresh N-way one."""
+    anchor; `num_classes` N replaces that head's prediction conv with a fresh N-way one. `hint`
+    ends a key-mismatch error (what was matched against)."""
     family = get_family(fmt.family)
     # effdet's DetBenchTrain / DetBenchPredict save their anchors beside `model.`: derived from
     # the input size, rebuilt from the model's AnchorSpec, so not weights.
@@ -220,7 +221,8 @@ def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints):
         elif len(twins) > 1:
             notes.append(f"{', '.join(twins)} hold the same tensors and nothing names one: ASSUMED {name}; "
                          f"pass --model {' or --model '.join(t for t in twins if t != name)} otherwise")
-    flat, consumed, ignored = _fill(fmt, name or arch.label, fmt.table(model, classifier, num_classes), tensors, prefix, dropped)
+    rows = fmt.table(model, classifier, num_classes)
+    flat, consumed, ignored = _fill(fmt, name or arch.label, rows, tensors, prefix, dropped, hint)
     if classifier is None:
         flat.update(effdet.new_class_predict(model, num_classes))
     info = ConversionInfo(
@@ -277,7 +279,17 @@ def convert_state_dict(
     formats, prefix, notes = detect_format(list(tensors), hints, format)
     stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     shapes = {k: tuple(v.shape) for k, v in stripped.items()}
-    fmt, arch = _detect_architecture(formats, shapes, variant, notes)
+    try:
+        fmt, arch = _detect_architecture(formats, shapes, variant, notes)
+    except UnknownVariantError:
+        # A detector checkpoint a few tensors off a registered model: name those tensors.
+        close = effdet.closest_model(shapes) if variant is None and formats[0].family == "efficientdet" else None
+        if close is None:
+            raise
+        name, fit, total = close
+        fmt, arch = formats[0], architecture(formats[0], shapes, name)
+        hint = f"  No registered model has these shapes; the closest, {name}, fits {fit} of its {total} tensors."
+        return _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints, hint)
     if fmt.family == "efficientdet":
         return _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints)
     family = get_family(fmt.family)

@@ -40,7 +40,7 @@ from flax import linen as nn
 from flax_effnet.blocks import Ops, network_ops
 from flax_effnet.detection.anchors import AnchorSpec
 from flax_effnet.layers import DepthwiseImpl, Padding, pad_amounts
-from flax_effnet.model import EfficientNet, _decode_variant, stage_channels
+from flax_effnet.model import EfficientNet, decode_variant, stage_channels
 from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
 from flax_effnet.specs import VariantSpec, scale_network
@@ -429,7 +429,7 @@ FAMILY = register_family(
             "fusion", "anchors", "padding", "redundant_bias", "bn_epsilon", "bn_momentum",
             "backbone_bn_epsilon", "backbone_bn_momentum", "drop_path_rate",
         ),
-        decode={"backbone": _decode_variant, "anchors": _decode_anchors},
+        decode={"backbone": decode_variant, "anchors": _decode_anchors},
     )
 )  # fmt: skip
 

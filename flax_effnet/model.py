@@ -115,7 +115,7 @@ def stage_channels(variant: str | VariantSpec) -> tuple[int, ...]:
     return tuple({b.stage: b.out_channels for b in scale_network(variant).blocks}.values())
 
 
-def _decode_variant(value: str | dict) -> str | VariantSpec:
+def decode_variant(value: str | dict) -> str | VariantSpec:
     """config.json holds a variant name, or a custom VariantSpec as a dict."""
     return VariantSpec(**value) if isinstance(value, dict) else value
 
@@ -125,7 +125,7 @@ FAMILY = register_family(
         "efficientnet",
         EfficientNet,
         ("variant", "num_classes", "padding", "bn_epsilon", "bn_momentum", "dropout_rate", "drop_path_rate"),
-        decode={"variant": _decode_variant},
+        decode={"variant": decode_variant},
     )
 )
 

@@ -213,6 +213,13 @@ def test_containers_and_bench_prefixes(tmp_path):
     assert info.prefix == "model." and "anchors.boxes" in info.ignored
     assert all(np.array_equal(want[k], v) for k, v in _flat(variables).items()) and _flat(variables).keys() == want.keys()
 
+    # effdet's AdvProp releases (`tf_efficientdet_dX_ap`) have the same tensors; the file name
+    # brings their mean = std = 0.5.
+    src = tmp_path / "tf_efficientdet_d0_ap-d0cdbd0a.pth"
+    torch.save(m.state_dict(), src)
+    _, _, info = convert_file(src)
+    assert info.model_name == "tf_efficientdet_d0" and info.preprocessing.mean == (0.5, 0.5, 0.5)
+
     src = tmp_path / "train.pth.tar"
     torch.save({"state_dict": m.state_dict(), "state_dict_ema": ema.state_dict(), "arch": "tf_efficientdet_d0", "epoch": 3}, src)
     for use_ema, expect in ((False, want), (True, _flat(ema_plain))):
@@ -248,19 +255,20 @@ def test_wrong_and_extra_keys_are_named(tmp_path, capsys):
     sd = dict(m.state_dict())
     sd["fpn.cell.0.fnode.9.combine.edge_weights"] = torch.ones(2)
     sd["class_net.conv_rep.0.conv_dw.weight"] = torch.ones(64, 1, 5, 5)
-    with pytest.raises(UnknownVariantError, match="BiFPN width 64, 3 cells, weighted fusion, with conv biases"):
-        convert_state_dict(sd)  # no registered model has these shapes
     with pytest.raises(KeyMismatchError) as e:
-        convert_state_dict(sd, variant="tf_efficientdet_d0")  # one model's full table names them
+        convert_state_dict(sd)  # no registered model fits; the closest one's table names them
     msg = str(e.value)
+    assert "the closest, tf_efficientdet_d0, fits 672 of its 673 tensors" in msg
     assert "'fpn.cell.0.fnode.9.combine.edge_weights': shape (2,)" in msg
     assert "'class_net.conv_rep.0.conv_dw.weight': expected shape (64, 1, 3, 3), found (64, 1, 5, 5)" in msg
     del sd["fpn.cell.0.fnode.9.combine.edge_weights"], sd["class_net.conv_rep.0.conv_dw.weight"]
     with pytest.raises(KeyMismatchError, match="(?s)missing keys.*'class_net.conv_rep.0.conv_dw.weight'"):
-        convert_state_dict(sd, variant="tf_efficientdet_d0")
+        convert_state_dict(sd, variant="tf_efficientdet_d0")  # --model: that model's table
+    with pytest.raises(UnknownVariantError, match="BiFPN width 64, 3 cells, weighted fusion, with conv biases"):
+        convert_state_dict({k: v for k, v in sd.items() if not k.startswith("box_net.")})  # nothing close
     src = tmp_path / "broken.pth"
     sd["box_net.extra.weight"] = torch.ones(3)
     torch.save(sd, src)
-    assert main([str(src), "-o", str(tmp_path / "out"), "--model", "tf_efficientdet_d0"]) == 1
+    assert main([str(src), "-o", str(tmp_path / "out")]) == 1
     assert "box_net.extra.weight" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

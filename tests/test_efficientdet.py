@@ -161,3 +161,57 @@ def test_weights_directory_round_trip(tmp_path):
     assert isinstance(loaded, EfficientDet) and model_config(loaded) == model_config(model)
     assert loaded.anchors == model.anchors
     assert traverse_util.flatten_dict(loaded_vars, sep="/").keys() == flat.keys()
+
+
+@pytest.mark.slow
+def test_shift_training_gradients_match_conv():
+    """A BiFPN cell (cell 0: every resample conv, 2- and 3-input nodes) and a class head in
+    train mode (batch statistics) under the CPU formulation (shifted depthwise, 1x1 convs with
+    bias as matmuls with a 2-D weight gradient, fused BN + SiLU gradients, per-level BNs on maps
+    down to 1x2) give autodiff's gradients of the 'conv' path, for every param and the input
+    features. Tiny widths; the EfficientNet backbone's are in test_depthwise.py."""
+    from flax import linen as nn
+
+    from flax_effnet.blocks import network_ops
+    from flax_effnet.efficientdet import BiFpn, HeadNet
+
+    class Neck(nn.Module):
+        impl: str
+
+        @nn.compact
+        def __call__(self, feats):
+            ops = network_ops(train=True, depthwise_impl=self.impl, bn_momentum=0.99, bn_epsilon=1e-3,
+                              dtype=jnp.float32, param_dtype=jnp.float32)  # fmt: skip
+            feats = BiFpn(5, 3, 16, 1, "fastattn", "same", ops, True, name="fpn")(feats)
+            head = dict(features=16, repeats=1, padding="same", ops=ops, redundant_bias=True)
+            return HeadNet(9 * 3, name="class_net", **head)(feats)
+
+    rng = np.random.default_rng(0)
+    feats = [jnp.asarray(rng.standard_normal((2, 8 // k, 16 // k, c)), jnp.float32) for k, c in ((1, 24), (2, 40), (4, 80))]
+    # Random values of the init's shapes (nothing compiled): kernels fan-in scaled, edge weights
+    # in (-0.3, 1.3) so that some are negative (relu's zero gradient), BN statistics as initialised.
+    shapes = jax.eval_shape(Neck("conv").init, jax.random.key(0), feats)
+    flat = {}
+    for k, v in traverse_util.flatten_dict(shapes["params"], sep="/").items():
+        if k.endswith("edge_weights"):
+            flat[k] = rng.uniform(-0.3, 1.3, v.shape)
+        elif k.endswith("kernel"):
+            flat[k] = rng.standard_normal(v.shape) * np.sqrt(1.5 / np.prod(v.shape[:-1]))
+        else:
+            flat[k] = rng.standard_normal(v.shape) * 0.2 + (k.endswith("scale"))
+    params = traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/")
+    stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
+    outs = jax.eval_shape(lambda: Neck("conv").apply({"params": params, "batch_stats": stats}, feats, mutable=["batch_stats"])[0])
+    targets = [jnp.asarray(rng.standard_normal(o.shape), jnp.float32) for o in outs]
+
+    def grads(impl):
+        def loss(p, f):
+            outs, _ = Neck(impl).apply({"params": p, "batch_stats": stats}, f, mutable=["batch_stats"])
+            return sum(jnp.sum(o * t) for o, t in zip(outs, targets))
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, feats)
+
+    shift, conv = grads("shift"), grads("conv")
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(conv))
+    for a, b in zip(jax.tree.leaves(shift), jax.tree.leaves(conv)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)

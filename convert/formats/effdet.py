@@ -29,7 +29,7 @@ from flax import traverse_util
 from flax_effnet.blocks import network_ops
 from flax_effnet.efficientdet import CLASS_PRIOR, SeparableConv, bifpn_nodes
 from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from flax_effnet.registry import model_entry
+from flax_effnet.registry import get_family, list_models, model_entry
 from flax_effnet.specs import scale_network
 
 from flax_effnet.convert import layout
@@ -147,8 +147,6 @@ def new_class_predict(model: nn.Module, num_classes: int) -> dict[str, np.ndarra
 
 def twin_names(model: nn.Module, names) -> list[str]:
     """The registered models among `names` whose tensors are the same as `model`'s."""
-    from flax_effnet.registry import get_family
-
     family = get_family("efficientdet")
     mine = [(r.torch_key, r.torch_shape) for r in table(model, CLASS_PREDICT, model.num_classes)]
     out = []
@@ -157,6 +155,21 @@ def twin_names(model: nn.Module, names) -> list[str]:
         if [(r.torch_key, r.torch_shape) for r in table(other, CLASS_PREDICT, model.num_classes)] == mine:
             out.append(name)
     return out
+
+
+def closest_model(shapes, min_fit: float = 0.9) -> tuple[str, int, int] | None:
+    """The registered model whose table (class prediction aside) shares the most (key, shape)
+    pairs with the checkpoint, with how many fit of how many, if at least `min_fit` of its
+    tensors do: a checkpoint off by a few tensors is then reported tensor by tensor."""
+    family = get_family("efficientdet")
+    best = None
+    for name in (n for n in list_models() if model_entry(n).family == "efficientdet"):
+        model = family.build({}, **{**model_entry(name).fields, "num_classes": 0})
+        rows = table(model, None, 0)
+        fit = sum(shapes.get(r.torch_key) == r.torch_shape for r in rows)
+        if best is None or fit > best[1]:
+            best = (name, fit, len(rows))
+    return best if best is not None and best[1] >= min_fit * best[2] else None
 
 
 def _observed(shapes) -> str:
