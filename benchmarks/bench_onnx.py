@@ -23,7 +23,8 @@ import time
 import jax
 import numpy as np
 
-from flax_effnet import create_model, load_pretrained, model_entry
+from flax_effnet import create_model, model_entry
+from flax_effnet.pretrained import load_pretrained_full
 from flax_effnet.export import to_onnx
 from flax_effnet.export.onnx_format import onnx_session, save_onnx
 
@@ -53,14 +54,13 @@ def main(argv=None) -> int:
 
     print(f"before: {_load()} ({os.cpu_count()} CPUs)", flush=True)
     if args.weights:
-        model, variables = load_pretrained(args.weights)
-        name = args.weights
-        size = args.size or 224
+        loaded = load_pretrained_full(args.weights)
+        model, variables, name = loaded.model, loaded.variables, args.weights
+        size = args.size or loaded.preprocessing.input_size
     else:
         model = create_model(args.model)
         size = args.size or model_entry(args.model).preprocessing.input_size
-        x0 = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
-        variables = jax.jit(model.init)(jax.random.key(0), np.zeros(x0.shape, np.float32))
+        variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
         name = args.model
     x = np.random.default_rng(0).standard_normal((args.batch, size, size, 3)).astype(np.float32)
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))

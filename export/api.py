@@ -145,8 +145,7 @@ def export_pretrained(
     layout = check_layout(layout or DEFAULT_LAYOUT[to])
     if verify_batch < 1:
         raise ExportError(f"verify batch must be positive, got {verify_batch}")
-    if to == "onnx":
-        onnx_format.check_available()
+    (onnx_format if to == "onnx" else stablehlo).check_available()
     pretrained: Pretrained = load_pretrained_full(resolve_weights_dir(directory))
     size = image_size(input_size if input_size is not None else pretrained.preprocessing.input_size)
     out = Path(output)

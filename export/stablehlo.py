@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
+from flax_effnet.export.errors import ExportError
 from flax_effnet.export.graph import input_shape, serving_function
 
 BATCH_DIM = "batch"
@@ -42,6 +43,16 @@ def to_stablehlo(
     (batch,) = jax.export.symbolic_shape(BATCH_DIM)
     spec = jax.ShapeDtypeStruct(input_shape(batch, input_size, layout), np.float32)
     return jax.export.export(jax.jit(fn))(spec)
+
+
+def check_available() -> None:
+    """Raise ExportError naming what to install unless jax.export can serialize."""
+    try:
+        import flatbuffers  # noqa: F401  (jax.export's serialization format)
+    except ImportError as e:
+        raise ExportError(
+            f"StableHLO export needs flatbuffers ({e}): pip install 'flax-effnet[export]'"
+        ) from None
 
 
 def save_stablehlo(exported: jax.export.Exported, path: str | os.PathLike) -> None:

@@ -14,6 +14,7 @@ import zlib
 import jax
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import flax_effnet
@@ -83,6 +84,14 @@ def test_onnx_efficientnet_matches_flax(tmp_path, name, size, layout):
     # Standard ops only: depthwise convs are grouped Conv nodes, not the CPU formulation's
     # slices, and the pointwise Einsums were rewritten to 1x1 Conv.
     assert ops["Slice"] == 0 and ops["Einsum"] == 0 and ops["Conv"] > 0
+    # ...so that ONNX Runtime's optimizer folds every BatchNormalization into its Conv (its
+    # machine-specific NCHWc pass, not asserted, then also replaces the layout Transposes).
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert optimized["BatchNormalization"] == 0 and optimized["Conv"] == ops["Conv"], optimized
 
 
 @pytest.mark.parametrize(
