@@ -21,11 +21,12 @@ from flax import linen as nn
 from flax_effnet.layers import dense_init
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.pretrained import check_replaceable, save_pretrained, unflatten_variables
-from flax_effnet.registry import find_model_name, get_family
+from flax_effnet.registry import find_model_name, get_family, list_models, model_entry
 
 from flax_effnet.convert import pretrained_cfg
 from flax_effnet.convert.detect import architecture, detect_format
 from flax_effnet.convert.errors import ConversionError, KeyMismatchError, UnknownVariantError
+from flax_effnet.convert.formats import effdet
 from flax_effnet.convert.formats.base import IGNORED_SUFFIXES
 from flax_effnet.convert.io import read_checkpoint, sha256, to_numpy
 
@@ -144,6 +145,98 @@ def _classifier_width(fmt, model) -> int:
     return next(r.flax_shape[0] for r in rows if r.flax_path == "params/classifier/kernel")
 
 
+def _fill(fmt, label, rows, tensors, prefix, dropped) -> tuple[dict, set, list]:
+    """Fill every Flax leaf of `rows` from `tensors` (keys under `prefix`): returns (flat Flax
+    variables, torch keys consumed, keys ignored on purpose: BN counters and `dropped`).
+
+    Raises:
+      KeyMismatchError: any row missing or of the wrong shape, or any key left unconsumed
+        (keys outside `prefix` included).
+    """
+    stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    flat: dict[str, np.ndarray] = {}
+    missing, mismatched, consumed = [], [], set()
+    for row in rows:
+        if row.flax_path in flat:  # a table bug: two torch keys for one Flax leaf
+            raise AssertionError(f"{fmt.name}: Flax leaf {row.flax_path} filled twice")
+        value = stripped.get(row.torch_key)
+        if value is None:
+            missing.append((prefix + row.torch_key, row.torch_shape))
+            continue
+        consumed.add(row.torch_key)
+        if tuple(value.shape) != row.torch_shape:
+            mismatched.append((prefix + row.torch_key, row.torch_shape, tuple(value.shape)))
+            continue
+        flat[row.flax_path] = np.ascontiguousarray(row.transform(value))
+    ignored = sorted(k for k in stripped if k.endswith(IGNORED_SUFFIXES)) + list(dropped)
+    unexpected = [
+        (prefix + k, tuple(stripped[k].shape)) for k in sorted(stripped) if k not in consumed and k not in set(ignored)
+    ] + [(k, tuple(v.shape)) for k, v in tensors.items() if not k.startswith(prefix)]
+    if missing or mismatched or unexpected:
+        raise _mismatch_error(fmt, label, missing, mismatched, unexpected)
+    return flat, consumed, ignored
+
+
+def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints):
+    """`convert_state_dict` for EfficientDet: the class count is the class head's outputs per
+    anchor; `num_classes` N replaces that head's prediction conv with a fresh N-way one."""
+    family = get_family(fmt.family)
+    stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    shapes = {k: tuple(v.shape) for k, v in stripped.items()}
+    base = family.build(arch.fields)
+    found = effdet.checkpoint_classes(base, shapes)
+    dropped: list[str] = []
+    if num_classes is None:
+        if found is None:
+            key = f"{effdet.CLASS_PREDICT}.conv_pw.weight"
+            raise _mismatch_error(
+                fmt, arch.label, [], [(prefix + key, (f"{base.anchors.num_anchors} * num_classes", base.fpn_channels, 1, 1), shapes.get(key))], []
+            )
+        num_classes, classifier, state = found, effdet.CLASS_PREDICT, "converted"
+    elif num_classes < 1:
+        raise ConversionError(f"a detector needs num_classes >= 1, got {num_classes}")
+    else:
+        classifier, state = None, "new"
+        dropped = sorted(k for k in stripped if k.startswith(effdet.CLASS_PREDICT + "."))
+        notes.append(f"checkpoint class prediction conv dropped ({', '.join(dropped) or 'none present'}); "
+                     f"new {num_classes}-class one initialised (seed 0, class bias at prior 0.01)")
+    model = family.build(arch.fields, num_classes=num_classes)
+    name = find_model_name(model)
+    if name is not None:
+        # tf_efficientdet_d6 and _d7 hold the same tensors: a name that came with the file decides.
+        twins = effdet.twin_names(model, [n for n in list_models("*efficientdet_*")])
+        named = [t for t in twins if any(t in h.lower() for h in hints)]
+        pick = max(named, key=len) if named else name
+        if pick != name:
+            model = family.build({**model_entry(pick).fields}, num_classes=num_classes)
+            name = pick
+            notes.append(f"model {pick} chosen from the names that came with the file ({', '.join(twins)} hold the same tensors)")
+        elif len(twins) > 1:
+            notes.append(f"{', '.join(twins)} hold the same tensors and nothing names one: ASSUMED {name}; "
+                         f"pass --model {' or --model '.join(t for t in twins if t != name)} otherwise")
+    flat, consumed, ignored = _fill(fmt, name or arch.label, fmt.table(model, classifier, num_classes), tensors, prefix, dropped)
+    if classifier is None:
+        flat.update(effdet.new_class_predict(model, num_classes))
+    info = ConversionInfo(
+        format=fmt.name,
+        variant=name or arch.label,
+        num_classes=num_classes,
+        classifier=state,
+        padding=model.padding,
+        bn_epsilon=model.bn_epsilon,
+        bn_momentum=model.bn_momentum,
+        preprocessing=fmt.eval_preprocessing(model),
+        preprocessing_source=f"{fmt.name} default for this architecture",
+        family=family.name,
+        model_name=name,
+        prefix=prefix,
+        notes=notes,
+        ignored=[prefix + k for k in ignored],
+        num_tensors=len(consumed),
+    )
+    return model, unflatten_variables(flat), info
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     format: str | None = None,
@@ -177,9 +270,10 @@ def convert_state_dict(
         hints = (variant, *hints)  # 'tf_efficientnet_b0' also decides timm vs timm_tf
     formats, prefix, notes = detect_format(list(tensors), hints, format)
     stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    outside = [k for k in tensors if not k.startswith(prefix)]
     shapes = {k: tuple(v.shape) for k, v in stripped.items()}
     fmt, arch = _detect_architecture(formats, shapes, variant, notes)
+    if fmt.family == "efficientdet":
+        return _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints)
     family = get_family(fmt.family)
     label = arch.label
     features = _classifier_width(fmt, family.build(arch.fields))
@@ -213,28 +307,7 @@ def convert_state_dict(
             + (f"new {num_classes}-way classifier initialised (seed 0)" if num_classes else "no classifier (backbone)")
         )
     model = family.build(arch.fields, num_classes=num_classes)
-
-    rows = fmt.table(model, classifier, num_classes)
-    flat: dict[str, np.ndarray] = {}
-    missing, mismatched, consumed = [], [], set()
-    for row in rows:
-        if row.flax_path in flat:  # a table bug: two torch keys for one Flax leaf
-            raise AssertionError(f"{fmt.name}: Flax leaf {row.flax_path} filled twice")
-        value = stripped.get(row.torch_key)
-        if value is None:
-            missing.append((prefix + row.torch_key, row.torch_shape))
-            continue
-        consumed.add(row.torch_key)
-        if tuple(value.shape) != row.torch_shape:
-            mismatched.append((prefix + row.torch_key, row.torch_shape, tuple(value.shape)))
-            continue
-        flat[row.flax_path] = np.ascontiguousarray(row.transform(value))
-    ignored = sorted(k for k in stripped if k.endswith(IGNORED_SUFFIXES)) + dropped
-    unexpected = [
-        (prefix + k, shapes[k]) for k in sorted(stripped) if k not in consumed and k not in set(ignored)
-    ] + [(k, tuple(tensors[k].shape)) for k in outside]
-    if missing or mismatched or unexpected:
-        raise _mismatch_error(fmt, label, missing, mismatched, unexpected)
+    flat, consumed, ignored = _fill(fmt, label, fmt.table(model, classifier, num_classes), tensors, prefix, dropped)
 
     if classifier is None and num_classes:
         # Same initialiser as a freshly built model's classifier.

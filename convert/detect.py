@@ -136,6 +136,12 @@ def detect_format(
         prefix = find_prefix(keys, fmt.marker)
         if prefix is not None and recognises(fmt, keys, prefix):
             matches[fmt.name] = (fmt, prefix)
+    # A format found under a longer prefix than another is a model nested in that one (effdet's
+    # timm backbone under `backbone.`): the outer model is what the file holds.
+    matches = {
+        n: (f, p) for n, (f, p) in matches.items()
+        if not any(p != q and p.startswith(q) for _, q in matches.values())
+    }
     if not matches:
         raise UnknownFormatError(
             f"not a checkpoint of a supported format. Recognised: {_recognised(keys)}. "

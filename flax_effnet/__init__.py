@@ -1,5 +1,5 @@
-"""flax_effnet: efficient vision models in JAX/Flax linen (EfficientNet, MobileNetV1/V2, ReXNet),
-with exact PyTorch weight conversion.
+"""flax_effnet: efficient vision models in JAX/Flax linen (EfficientNet, MobileNetV1/V2, ReXNet,
+the EfficientDet detector), with exact PyTorch weight conversion.
 
 `import flax_effnet` imports every family module, each of which registers itself, so
 `create_model(name)` and `list_models()` know every model.
@@ -19,6 +19,7 @@ from flax_effnet.registry import (
     register_model,
 )
 from flax_effnet.model import EfficientNet, MBConv, stage_channels
+from flax_effnet.efficientdet import EfficientDet
 from flax_effnet.mobilenetv1 import MobileNetV1
 from flax_effnet.mobilenetv2 import MobileNetV2
 from flax_effnet.rexnet import ReXNet
@@ -41,6 +42,7 @@ __all__ = [
     "BlockSpec",
     "DepthwiseConv",
     "DropPath",
+    "EfficientDet",
     "EfficientNet",
     "Family",
     "MBConv",

@@ -204,7 +204,8 @@ class DepthwiseConv(nn.Module):
 
 
 class PointwiseConv(nn.Module):
-    """1x1 convolution without bias, computed as a matmul; param 'kernel' (1, 1, C_in, C_out).
+    """1x1 convolution computed as a matmul; param 'kernel' (1, 1, C_in, C_out), and 'bias'
+    (C_out,) with `use_bias` (EfficientDet's BiFPN and head convs; the classifiers have none).
 
     Takes `nn.Conv`'s arguments and param layout, so it drops in where a 1x1 stride-1 conv
     was. XLA:CPU runs a 1x1 `conv_general_dilated` through its generic convolution, whose
@@ -219,6 +220,7 @@ class PointwiseConv(nn.Module):
     padding: Any = "VALID"
     use_bias: bool = False
     kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     flat_weight_grad: bool = False
@@ -227,17 +229,20 @@ class PointwiseConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
         no_pad = self.padding in ("VALID", "SAME") or all(p == (0, 0) for p in self.padding)
-        if tuple(self.kernel_size) != (1, 1) or strides != (1, 1) or not no_pad or self.use_bias:
+        if tuple(self.kernel_size) != (1, 1) or strides != (1, 1) or not no_pad:
             raise ValueError(
-                "PointwiseConv is a 1x1, stride-1, unpadded conv without bias; got "
-                f"kernel_size={self.kernel_size}, strides={self.strides}, padding={self.padding}, "
-                f"use_bias={self.use_bias}"
+                "PointwiseConv is a 1x1, stride-1, unpadded conv; got "
+                f"kernel_size={self.kernel_size}, strides={self.strides}, padding={self.padding}"
             )
         shape = (1, 1, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         matmul = pointwise_matmul if self.flat_weight_grad else _matmul_last_axis
-        return matmul(x, kernel[0, 0])
+        if not self.use_bias:
+            x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+            return matmul(x, kernel[0, 0])
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return matmul(x, kernel[0, 0]) + bias
 
 
 def _matmul_last_axis(x: jax.Array, w: jax.Array) -> jax.Array:

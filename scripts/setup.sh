@@ -25,7 +25,8 @@ case "$MODE" in
     # Reference model code for the equivalence tests. Their metadata asks for a newer torch (and
     # torchvision's compiled ops do not match the CPU torch), so: no deps;
     # flax_effnet.convert.verify.import_torchvision registers the two op schemas its import needs.
-    "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31"
+    # effdet's own pure-Python deps (omegaconf, pycocotools) come with the test extra.
+    "${PIP[@]}" --no-deps "torchvision==0.28.0" "timm==1.0.31" "effdet==0.4.1"
     ;;
   *)
     echo "usage: bash scripts/setup.sh [train|test]" >&2

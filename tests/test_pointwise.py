@@ -13,15 +13,18 @@ from flax import linen as nn
 from flax_effnet.layers import PatchConv, PointwiseConv, conv_init, spatial_padding
 
 
+@pytest.mark.parametrize("use_bias", [False, True])
 @pytest.mark.parametrize("flat_weight_grad", [False, True])
-def test_matches_nn_conv_1x1(flat_weight_grad):
+def test_matches_nn_conv_1x1(flat_weight_grad, use_bias):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 7, 6)), jnp.float32)
-    ours = PointwiseConv(4, kernel_init=conv_init, flat_weight_grad=flat_weight_grad)
-    ref = nn.Conv(4, (1, 1), use_bias=False, kernel_init=conv_init)
+    ours = PointwiseConv(4, use_bias=use_bias, kernel_init=conv_init, flat_weight_grad=flat_weight_grad)
+    ref = nn.Conv(4, (1, 1), use_bias=use_bias, kernel_init=conv_init)
     variables = ours.init(jax.random.key(0), x)
     ref_vars = ref.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].shape == (1, 1, 6, 4)
     np.testing.assert_array_equal(variables["params"]["kernel"], ref_vars["params"]["kernel"])
+    if use_bias:  # a nonzero bias, so that adding it is tested
+        variables = {"params": {**variables["params"], "bias": jnp.arange(4.0) - 1.5}}
 
     out, vjp = jax.vjp(lambda v, x: ours.apply(v, x), variables, x)
     ref_out, ref_vjp = jax.vjp(lambda v, x: ref.apply(v, x), variables, x)
@@ -48,7 +51,7 @@ def test_bfloat16_compute_keeps_float32_params(flat_weight_grad):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(kernel_size=(3, 3)), dict(strides=2), dict(padding=[(1, 1), (1, 1)]), dict(use_bias=True)]
+    "kwargs", [dict(kernel_size=(3, 3)), dict(strides=2), dict(padding=[(1, 1), (1, 1)])]
 )
 def test_rejects_what_is_not_a_plain_1x1_conv(kwargs):
     with pytest.raises(ValueError, match="PointwiseConv"):

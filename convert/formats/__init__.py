@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from flax_effnet.convert.formats import (
+    effdet,
     efficientnet_pytorch,
     mobilenet,
     rexnet,
@@ -25,6 +26,7 @@ FORMATS: dict[str, SourceFormat | FamilyFormat] = {
         seed004.FORMAT,
         *mobilenet.FORMATS,
         *rexnet.FORMATS,
+        *effdet.FORMATS,
     )
 }
 EFFICIENTNET_FORMATS = {n: f for n, f in FORMATS.items() if f.family == "efficientnet"}
