@@ -3,12 +3,13 @@ the work is in `flax_effnet.infer.predict` and `flax_effnet.infer.evaluate`.
 
     predict_efficientnet WEIGHTS IMAGE_OR_FOLDER... [--top-k 5] [--json] [--save-plot DIR]
     evaluate_efficientnet WEIGHTS (FOLDER | tfds:NAME[:SPLIT] --data-dir DIR) [--limit N]
-    evaluate_efficientnet DETECTOR_WEIGHTS shapes [--limit N]
+    evaluate_efficientnet DETECTOR_WEIGHTS (shapes | COCO_FOLDER) [--limit N]
 
 WEIGHTS is a directory written by `convert_torch_weights` or a trainer workdir (its
 `export/` is used). For a detector (EfficientDet) directory, predict prints each image's
 boxes, scores and classes (`--score-threshold`) and `--save-plot` draws them on the image;
-evaluate scores COCO mAP on the built-in `shapes` validation split. Exit status: 0 all good; 1 some inputs were skipped (each reported on
+evaluate scores COCO mAP on the built-in `shapes` validation split or on a COCO-format folder
+(`instances.json` beside the images). Exit status: 0 all good; 1 some inputs were skipped (each reported on
 stderr by name); 2 nothing could be done (bad weights directory, no readable input).
 """
 
@@ -170,13 +171,23 @@ def _predict_boxes(args) -> int:
 
 def _evaluate_boxes(args) -> int:
     """evaluate_efficientnet on a detector directory: COCO mAP on the built-in shapes."""
+    from pathlib import Path
+
     from flax_effnet.infer.detect import Detector, evaluate_detector
+    from flax_effnet.train.coco_source import ANNOTATIONS, CocoFolderSource
     from flax_effnet.train.shapes_dataset import NAME, ShapesSource
 
-    if args.data not in ("shapes", NAME):
-        return _fail(f"a detector is evaluated on the built-in data (DATA = shapes), got {args.data!r}")
+    if args.data in ("shapes", NAME):
+        source, name = ShapesSource("val"), f"{NAME} val"
+    elif (Path(args.data) / ANNOTATIONS).is_file():
+        source, name = CocoFolderSource(args.data), args.data
+    else:
+        return _fail(f"a detector is evaluated on the built-in data (DATA = shapes) or a COCO-format "
+                     f"folder holding {ANNOTATIONS}; got {args.data!r}")
     detector = Detector.load(args.weights, batch_size=args.batch_size)
-    result = evaluate_detector(detector, ShapesSource("val"), name=f"{NAME} val", limit=args.limit)
+    if len(source.class_names) != len(detector.class_names):
+        return _fail(f"{args.data} has {len(source.class_names)} categories, the detector {len(detector.class_names)}")
+    result = evaluate_detector(detector, source, name=name, limit=args.limit)
     if args.json:
         print(json.dumps({"weights": str(args.weights), **result.to_dict()}, indent=2))
     else:

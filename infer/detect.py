@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -90,7 +91,7 @@ class DetectResult:
 def _detect_fn(model, size: int):
     """Jitted model + `detect` for a model config at one input size (variables and images are
     arguments, so detectors of one architecture share the compilation)."""
-    anchor_boxes = model.anchors.boxes((size, size))
+    anchor_boxes = jnp.asarray(model.anchors.boxes((size, size)))
 
     @jax.jit
     def run(variables, images, scale):

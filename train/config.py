@@ -59,7 +59,7 @@ class Config:
 
     task: str = "classification"  # classification, or detection (EfficientDet: boxes, COCO mAP)
     # Data.
-    data_dir: str = ""  # image folder (root/train/<class>, root/val/<class>, or root/<class>); "" = built-in patterns
+    data_dir: str = ""  # image folder (root/train/<class>, root/val/<class>, or root/<class>); "" = built-in patterns (detection: a COCO-format folder, root/{train,val}/instances.json; "" = built-in shapes)
     val_fraction: float = 0.2  # held-out share per class when data_dir has no train/ and val/
     max_unreadable_fraction: float = 0.01  # stop when more training images than this cannot be read (they are skipped)
     workdir: str = ""  # checkpoints, metrics, config, export; a rerun resumes. "" = runs/<data>-<model, pretrained dir or variant>
@@ -83,6 +83,7 @@ class Config:
     bn_epsilon: float = 1e-3  # --variant only, a --model fixes it
     compute_dtype: str = "auto"  # auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
     # Detection (--task detection) only.
+    backbone: str = ""  # EfficientNet variant of the detector's backbone (b0..b7, tiny); "" = the model's
     fpn_channels: int = 0  # BiFPN width; 0 = the model's
     fpn_cell_repeats: int = 0  # BiFPN cells; 0 = the model's
     box_class_repeats: int = 0  # conv repeats of the class and box heads; 0 = the model's
@@ -273,8 +274,10 @@ def config_problems(config: Config) -> list[str]:
          f"{', '.join(list_models('*efficientdet*'))} (or --pretrained a detector), got {c.model!r}")
     need(c.task == "detection" or not detector,
          f"--model {c.model} is a detector: train it with --task detection (train_efficientdet)")
-    need(c.task == "detection" or not (c.fpn_channels or c.fpn_cell_repeats or c.box_class_repeats),
-         "--fpn-channels, --fpn-cell-repeats and --box-class-repeats apply to --task detection only")
+    need(c.task == "detection" or not (c.backbone or c.fpn_channels or c.fpn_cell_repeats or c.box_class_repeats),
+         "--backbone, --fpn-channels, --fpn-cell-repeats and --box-class-repeats apply to --task detection only")
+    need(not c.backbone or c.backbone in TRAIN_VARIANTS,
+         f"--backbone must be one of {', '.join(TRAIN_VARIANTS)}, got {c.backbone!r}")
     need(c.task != "detection" or (not c.image_size or c.image_size % 128 == 0),
          f"--image-size of a detector must be a multiple of 128 (2**max_level), got {c.image_size}")
     need(c.task != "detection" or not c.dataset,

@@ -5,8 +5,8 @@ boxes, scored with COCO mAP.
 detector gets the same schedule, optimizer, EMA, orbax checkpoints with exact resume,
 sharding and multi-host as a classifier. What it brings:
 
-- data: the built-in `shapes-v1` set (`shapes_dataset`), records with variable numbers of
-  xyxy boxes;
+- data: the built-in `shapes-v1` set (`shapes_dataset`) or a COCO-format folder
+  (`coco_source`), records with variable numbers of xyxy boxes;
 - transforms: letterbox to the model size (`flax_effnet.preprocessing.letterbox`, effdet's
   `ResizePad`), horizontal flip with the boxes flipped for training, and fixed-size targets
   (`max_instances` rows of yxyx input-pixel boxes, class -1 padding) so every batch has one
@@ -21,6 +21,7 @@ sharding and multi-host as a classifier. What it brings:
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import grain
 import jax
@@ -29,13 +30,14 @@ import numpy as np
 from flax import linen as nn
 from PIL import Image
 
-from flax_effnet.detection import detect, detection_loss, flatten_levels, label_anchors
+from flax_effnet.detection import detect, detection_loss, label_anchors
 from flax_effnet.detection.coco import ImageBoxes, coco_metrics
 from flax_effnet.images import decode_image
 from flax_effnet.preprocessing import Preprocessing, letterbox
 from flax_effnet.pretrained import load_pretrained_full
 from flax_effnet.registry import create_model, model_entry
-from flax_effnet.train import config as config_lib, loop, shapes_dataset, sharding, sources
+from flax_effnet.specs import VARIANTS
+from flax_effnet.train import coco_source, config as config_lib, loop, shapes_dataset, sharding, sources
 
 # Ground-truth rows of an eval record: all of an image's boxes must count in COCO's recall.
 EVAL_MAX_INSTANCES = 100
@@ -115,8 +117,9 @@ def loss_fn(outputs, batch: dict[str, jax.Array], *, anchor_boxes: np.ndarray, n
     """effdet's training loss of one global batch: targets from the padded boxes, then focal
     + 50 x Huber; the class and box parts are reported too."""
     class_outputs, box_outputs = outputs
+    anchors = jnp.asarray(anchor_boxes)
     cls_targets, box_targets, num_positives = jax.vmap(
-        lambda b, c: label_anchors(anchor_boxes, b, c))(batch["boxes"], batch["classes"])
+        lambda b, c: label_anchors(anchors, b, c))(batch["boxes"], batch["classes"])
     total, class_loss, box_loss = detection_loss(
         class_outputs, box_outputs, cls_targets, box_targets, num_positives, num_classes=num_classes)
     return total, {"class_loss": class_loss, "box_loss": box_loss}
@@ -128,7 +131,7 @@ def eval_step(params, batch_stats, batch: dict[str, jax.Array], *, model: nn.Mod
     passed through: the loop replicates the outputs, so every process sees the global batch."""
     class_outputs, box_outputs = model.apply({"params": params, "batch_stats": batch_stats},
                                              batch["image"], train=False)
-    found = detect(class_outputs, box_outputs, anchor_boxes, max_detections=MAX_DETECTIONS)
+    found = detect(class_outputs, box_outputs, jnp.asarray(anchor_boxes), max_detections=MAX_DETECTIONS)
     return {"boxes": found.boxes, "scores": found.scores, "classes": found.classes,
             "valid": found.valid & batch["mask"][:, None],
             "gt_boxes": batch["boxes"], "gt_classes": batch["classes"], "scale": batch["scale"],
@@ -159,12 +162,19 @@ class DetectionTask:
         self.config = config
 
     def open_data(self) -> sources.DatasetSplits:
-        if self.config.data_dir:
-            raise ValueError(f"--task detection: --data-dir {self.config.data_dir!r} given, but only the "
-                             f"built-in {shapes_dataset.NAME} data is read so far (leave --data-dir empty)")
+        """The built-in shapes, or the COCO-format folder `--data-dir` (`coco_source`)."""
+        if not self.config.data_dir:
+            return sources.DatasetSplits(
+                train=shapes_dataset.ShapesSource("train"), val=shapes_dataset.ShapesSource("val"),
+                class_names=shapes_dataset.CLASSES, description=shapes_dataset.DESCRIPTION)
+        root = Path(self.config.data_dir).expanduser()
+        train = coco_source.CocoFolderSource(root / "train")
+        val = (coco_source.CocoFolderSource(root / "val", train.category_ids)
+               if (root / "val" / coco_source.ANNOTATIONS).exists() else None)
         return sources.DatasetSplits(
-            train=shapes_dataset.ShapesSource("train"), val=shapes_dataset.ShapesSource("val"),
-            class_names=shapes_dataset.CLASSES, description=shapes_dataset.DESCRIPTION)
+            train=train, val=val, class_names=train.class_names,
+            description=(f"COCO-format folder {root}: {len(train.class_names)} classes, {len(train)} train / "
+                         f"{len(val) if val is not None else 0} val images"))
 
     def build_model(self, num_classes: int):
         """(model, preprocessing, pretrained variables or None, note), as `loop.build_model`:
@@ -176,6 +186,8 @@ class DetectionTask:
                       drop_path_rate=c.drop_path_rate)
         fields.update({k: getattr(c, k) for k in ("fpn_channels", "fpn_cell_repeats", "box_class_repeats")
                        if getattr(c, k)})
+        if c.backbone:  # a paper variant by name, `tiny` as its spec (it is the trainer's own)
+            fields["backbone"] = c.backbone if c.backbone in VARIANTS else config_lib.TRAIN_VARIANTS[c.backbone]
         if c.pretrained:
             loaded = load_pretrained_full(c.pretrained)
             p = loaded.preprocessing

@@ -131,6 +131,8 @@ class ShapesSource:
     "index": int64}; M varies per record (the detection transforms pad it).
     """
 
+    class_names = CLASSES
+
     def __init__(self, split: str, count: int | None = None, seed: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
