@@ -87,3 +87,28 @@ def test_letterbox_keeps_the_aspect_at_the_top_left():
     pixels, scale = letterbox(image, PREP)
     assert scale == pytest.approx(1.28)
     assert np.all(pixels[:64] == 1.0) and np.all(pixels[64:] == 0.0)
+
+
+def test_coco_folder_records_map_ids_and_skip_crowds(tmp_path):
+    import json
+
+    from flax_effnet.train.coco_source import CocoFolderSource
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "a.png"}, {"id": 9, "file_name": "b.png"}],
+        "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 90, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1},
+            {"id": 3, "image_id": 7, "category_id": 1, "bbox": [3, 4, 0, 5]},
+        ]}))
+    source = CocoFolderSource(tmp_path)
+    assert source.class_names == ("person", "toothbrush") and len(source) == 2
+    a, b = source[0], source[1]
+    np.testing.assert_array_equal(a["boxes"], [[1, 2, 11, 22]])
+    np.testing.assert_array_equal(a["classes"], [1])
+    assert b["boxes"].shape == (0, 4) and a["image"][:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="instances.json"):
+        CocoFolderSource(tmp_path / "missing")
