@@ -84,3 +84,22 @@ def eval_transform(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """A PIL image -> the normalised float32 (size, size, 3) array the model expects."""
     image = resize_center_crop(image.convert("RGB"), prep)
     return normalize(np.asarray(image), prep)
+
+
+def letterbox(image: Image.Image, prep: Preprocessing) -> tuple[np.ndarray, float]:
+    """A PIL image -> (normalised float32 (size, size, 3) array, scale), detectors' input.
+
+    effdet's `ResizePad`: the image is resized by `scale = min(size / h, size / w)` (aspect kept,
+    sides truncated to whole pixels) with the named interpolation, placed at the top-left, and
+    the rest filled with the mean colour (0 after normalisation). Input pixel coordinates are
+    image coordinates times `scale`, so boxes map back by dividing by it.
+    """
+    image = image.convert("RGB")
+    size = prep.input_size
+    w, h = image.size
+    scale = min(size / w, size / h)
+    new_w, new_h = max(1, min(size, int(w * scale))), max(1, min(size, int(h * scale)))
+    resized = normalize(np.asarray(image.resize((new_w, new_h), resample(prep.interpolation))), prep)
+    out = np.zeros((size, size, 3), np.float32)
+    out[:new_h, :new_w] = resized
+    return out, float(scale)

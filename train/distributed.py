@@ -118,27 +118,19 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
     multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
-def compile_steps(train_fn, eval_fn, state, *, batch_size: int, eval_batch_size: int,
-                  image_size: int, data_sharding):
+def compile_steps(train_fn, eval_fn, state, *, train_batch: dict, eval_batch: dict):
     """(train, eval) compiled ahead of the first step on every process, then a barrier.
 
     A multi-host step starts with collectives that every process must join within seconds,
     while compiling a step can take minutes and longer on one host than on another; compiling
     here and meeting at a barrier keeps the slowest compiler from failing the others' first
     step. `eval_fn` may be None. With one process this only moves compilation earlier.
+    `train_batch` and `eval_batch` are the global batches' `jax.ShapeDtypeStruct`s (with their
+    shardings), as the task lays them out.
     """
-    def batch(n: int, extra: tuple[str, jax.typing.DTypeLike]) -> dict:
-        spec = {"image": jax.ShapeDtypeStruct((n, image_size, image_size, 3), jax.numpy.float32,
-                                              sharding=data_sharding),
-                "label": jax.ShapeDtypeStruct((n,), jax.numpy.int32, sharding=data_sharding)}
-        spec[extra[0]] = jax.ShapeDtypeStruct((n,), extra[1], sharding=data_sharding)
-        return spec
-
-    # Training batches carry `replaced` (the record an image stood in for), eval ones `mask`.
-    train = train_fn.lower(state, batch(batch_size, ("replaced", jax.numpy.int32))).compile()
+    train = train_fn.lower(state, train_batch).compile()
     evaluate = None
     if eval_fn is not None:
-        evaluate = eval_fn.lower(state.params, state.batch_stats,
-                                 batch(eval_batch_size, ("mask", jax.numpy.bool_))).compile()
+        evaluate = eval_fn.lower(state.params, state.batch_stats, eval_batch).compile()
     barrier("flax_effnet_steps_compiled")
     return train, evaluate

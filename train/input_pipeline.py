@@ -107,6 +107,16 @@ class EvalTransform(grain.transforms.Map):
             "valid": np.bool_(element["valid"]),
         }
 
+    def empty_batch(self) -> dict[str, np.ndarray]:
+        """A batch of no rows (what a process past the end of its shard reads)."""
+        size = self.prep.input_size
+        return {
+            "image": np.zeros((0, size, size, 3), np.float32),
+            "label": np.zeros((0,), np.int32),
+            "index": np.zeros((0,), np.int64),
+            "valid": np.zeros((0,), bool),
+        }
+
 
 def _absl_flags_ready() -> None:
     """Grain's worker processes read absl flags; outside `absl.app.run` nobody parsed them,
@@ -143,10 +153,10 @@ class TrainBatch(grain.transforms.Map):
     """
 
     def __init__(self, source, sampler: samplers.GlobalOrderSampler, local_batch_size: int,
-                 prep: Preprocessing, crop: CropSpec):
+                 transform: grain.transforms.RandomMap):
         self.source = DecodedSource(source, substitute=True)
         self.sampler, self.local = sampler, local_batch_size
-        self.transform = TrainTransform(prep, crop)
+        self.transform = transform
 
     def map(self, k: int) -> dict[str, np.ndarray]:
         rows = []
@@ -160,15 +170,19 @@ def train_loader(
     source,
     *,
     global_batch_size: int,
-    prep: Preprocessing,
-    crop: CropSpec,
+    prep: Preprocessing | None = None,
+    crop: CropSpec | None = None,
     seed: int,
     num_batches: int,
     start: int = 0,
     num_workers: int = 0,
+    transform: grain.transforms.RandomMap | None = None,
 ) -> grain.IterDataset:
     """This process's training batches `start, start + 1, ..., num_batches - 1` (reshuffled
     every epoch), decoded in `num_workers` grain processes (0: in this one).
+
+    Each record goes through `transform` (a grain `RandomMap` of a decoded record), by default
+    the classifier's `TrainTransform(prep, crop)`; a detection run passes its own.
 
     The position in the data is the batch number, which is the train step: a run resumed at
     step N starts here with `start=N` and sees exactly the batches an uninterrupted run would,
@@ -182,7 +196,8 @@ def train_loader(
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     batches = grain.MapDataset.range(num_batches).map(
-        TrainBatch(source, sampler, process_batch_size(global_batch_size), prep, crop)
+        TrainBatch(source, sampler, process_batch_size(global_batch_size),
+                   transform if transform is not None else TrainTransform(prep, crop))
     )[start:]
     loader = batches.to_iter_dataset()
     if num_workers:
@@ -220,7 +235,7 @@ def num_eval_batches(num_records: int, global_batch_size: int) -> int:
 
 def _pad(batch: dict, size: int) -> dict:
     """Pad to `size` rows; `mask` is False for padding and for unreadable images."""
-    n = len(batch["label"])
+    n = len(batch["index"])
     valid = batch.pop("valid")
     out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
     out["mask"] = np.concatenate([valid, np.zeros(size - n, bool)])
@@ -229,11 +244,14 @@ def _pad(batch: dict, size: int) -> dict:
 
 def eval_batches(
     source, *, global_batch_size: int, prep: Preprocessing, num_workers: int = 0,
-    on_unreadable: Callable[[int], None] | None = None,
+    on_unreadable: Callable[[int], None] | None = None, transform: grain.transforms.Map | None = None,
 ) -> Iterator[dict]:
     """This process's eval batches, each padded to full size with a boolean `mask` that also
-    leaves out unreadable images; `on_unreadable(record key)` hears of each of those."""
+    leaves out unreadable images; `on_unreadable(record key)` hears of each of those.
+    `transform` (default `EvalTransform(prep)`) prepares a decoded record and names the
+    fields of a batch of none (`empty_batch`)."""
     local = process_batch_size(global_batch_size)
+    transform = transform if transform is not None else EvalTransform(prep)
     if num_workers:
         _absl_flags_ready()
     loader = grain.DataLoader(
@@ -244,17 +262,11 @@ def eval_batches(
             shuffle=False,
             num_epochs=1,
         ),
-        operations=[EvalTransform(prep), grain.transforms.Batch(local, drop_remainder=False)],
+        operations=[transform, grain.transforms.Batch(local, drop_remainder=False)],
         worker_count=num_workers,
     )
     it = iter(loader)
-    size = prep.input_size
-    empty = {
-        "image": np.zeros((0, size, size, 3), np.float32),
-        "label": np.zeros((0,), np.int32),
-        "index": np.zeros((0,), np.int64),
-        "valid": np.zeros((0,), bool),
-    }
+    empty = transform.empty_batch()
     for _ in range(num_eval_batches(len(source), global_batch_size)):
         batch = next(it, empty)
         if on_unreadable is not None:
@@ -268,8 +280,10 @@ class EvalData:
 
     def __init__(self, source, *, global_batch_size: int, prep: Preprocessing,
                  num_workers: int = 0, max_bytes: int = 1 << 29,
-                 on_unreadable: Callable[[int], None] | None = None):
+                 on_unreadable: Callable[[int], None] | None = None,
+                 transform: grain.transforms.Map | None = None):
         self.source, self.prep, self.num_workers = source, prep, num_workers
+        self.transform = transform
         self.on_unreadable = on_unreadable
         self.global_batch_size = global_batch_size
         local = process_batch_size(global_batch_size)
@@ -288,7 +302,8 @@ class EvalData:
         # A set small enough to cache is decoded once, in-process: not worth starting workers.
         workers = 0 if self._cacheable else self.num_workers
         for batch in eval_batches(self.source, global_batch_size=self.global_batch_size,
-                                  prep=self.prep, num_workers=workers, on_unreadable=self.on_unreadable):
+                                  prep=self.prep, num_workers=workers, on_unreadable=self.on_unreadable,
+                                  transform=self.transform):
             if self._cacheable:
                 collected.append(batch)
             yield batch

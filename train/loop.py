@@ -12,6 +12,12 @@
 
 Steps are `jax.jit`-compiled with `NamedSharding`s over a 1-D `data` mesh of all devices:
 the batch sharded, the state replicated and donated. No pmap.
+
+What differs between classification and detection is a task object (`task_for(config)`):
+`ClassificationTask` here, `flax_effnet.train.detection.DetectionTask` for `--task detection`.
+It supplies the data, the model, the per-record transforms, the batch layout, the loss of a
+step and the eval; everything else (schedule, optimizer, EMA, checkpoints and exact resume,
+sharding, multi-host, metrics, export) is this one loop for both.
 """
 
 from __future__ import annotations
@@ -187,9 +193,9 @@ def build_model(config: config_lib.Config, num_classes: int):
     return model, prep, None, "training from scratch"
 
 
-def plan(config: config_lib.Config, num_train: int, num_classes: int) -> RunSetup:
+def plan(config: config_lib.Config, num_train: int, num_classes: int, task=None) -> RunSetup:
     """Model, preprocessing, and every duration converted to steps."""
-    model, prep, pretrained, note = build_model(config, num_classes)
+    model, prep, pretrained, note = (task or ClassificationTask(config)).build_model(num_classes)
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{num_train} training images are fewer than one batch of {config.batch_size}")
@@ -236,6 +242,73 @@ def evaluate(eval_fn, params, batch_stats, eval_data, mesh) -> dict[str, float]:
             "loss": float(total["loss"]) / n, "count": n}
 
 
+class ClassificationTask:
+    """The classifier's parts of a run: image-folder / TFDS data with integer labels, the
+    Inception-crop pipeline, cross-entropy, top-1/top-5 eval."""
+
+    name = "classification"
+    train_metrics = ("accuracy",)  # batch metrics besides the loss, averaged between logs
+    primary = "top1"  # the eval figure that picks the best step and the exported weights
+    default_data = default_dataset.NAME
+    reinit_prefix = ("params", "classifier")  # fine-tuning: fresh where the class count differs
+
+    def __init__(self, config: config_lib.Config):
+        self.config = config
+
+    def open_data(self) -> sources.DatasetSplits:
+        c = self.config
+        return sources.open_dataset(c.data_dir, c.val_fraction, dataset=c.dataset,
+                                    train_split=c.train_split, eval_split=c.eval_split)
+
+    def build_model(self, num_classes: int):
+        return build_model(self.config, num_classes)
+
+    def describe(self, model: nn.Module) -> str:
+        return describe(model)
+
+    def train_transform(self, setup: RunSetup):
+        return input_pipeline.TrainTransform(setup.prep, setup.crop)
+
+    def eval_transform(self, prep: Preprocessing):
+        return input_pipeline.EvalTransform(prep)
+
+    def batch_spec(self, n: int, image_size: int, *, train: bool, sharding) -> dict:
+        """The global batch the steps take: training batches carry `replaced` (the record an
+        image stood in for), eval ones `mask`."""
+        spec = {"image": ((n, image_size, image_size, 3), jnp.float32), "label": ((n,), jnp.int32)}
+        spec.update({"replaced": ((n,), jnp.int32)} if train else {"mask": ((n,), jnp.bool_)})
+        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in spec.items()}
+
+    def loss_fn(self, model: nn.Module, prep: Preprocessing, num_classes: int):
+        return functools.partial(steps.classification_loss, num_classes=num_classes,
+                                 label_smoothing=self.config.label_smoothing)
+
+    def eval_step(self, model: nn.Module, prep: Preprocessing, num_classes: int):
+        return functools.partial(steps.eval_step, model=model, num_classes=num_classes)
+
+    def evaluate(self, eval_fn, params, batch_stats, eval_data, mesh, num_classes: int) -> dict[str, float]:
+        return evaluate(eval_fn, params, batch_stats, eval_data, mesh)
+
+    def scalars(self, r: dict[str, float]) -> dict[str, float]:
+        """The eval figures logged (and kept with the best step)."""
+        return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"]}
+
+    def best_entry(self, r: dict[str, float]) -> dict[str, float]:
+        return {"top1": r["top1"], "top5": r["top5"]}
+
+    def eval_message(self, group: str, r: dict[str, float]) -> str:
+        return f"{group} top1 {r['top1']:.2%} top5 {r['top5']:.2%} loss {r['loss']:.3f}"
+
+
+def task_for(config: config_lib.Config):
+    """The task object of `config.task`."""
+    if config.task == "detection":
+        from flax_effnet.train.detection import DetectionTask
+
+        return DetectionTask(config)
+    return ClassificationTask(config)
+
+
 def _finite_or_raise(metrics: dict[str, float], step: int, last_saved: int | None, ckpt_dir: Path) -> None:
     loss = metrics["loss"]
     if not (math.isfinite(loss) and metrics["finite"]):
@@ -267,18 +340,18 @@ def train_and_evaluate(
     t_start = time.time()
     workdir = Path(config.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = sources.open_dataset(config.data_dir, config.val_fraction, dataset=config.dataset,
-                                train_split=config.train_split, eval_split=config.eval_split)
+    task = task_for(config)
+    data = task.open_data()
     class_names = list(data.class_names)
     num_classes = len(class_names)
-    setup = plan(config, len(data.train), num_classes)
+    setup = plan(config, len(data.train), num_classes, task)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     repl = sharding.replicated(mesh)
     model, prep = setup.model, setup.prep
 
     log(f"data: {data.description}")
-    log(f"model: {describe(model)}, "
+    log(f"model: {task.describe(model)}, "
         f"{num_classes} classes, {prep.input_size} px, compute {jnp.dtype(model.dtype).name}; "
         f"{setup.pretrained_note}")
     log(f"schedule: {setup.total_steps} steps ({setup.steps_per_epoch}/epoch), global batch "
@@ -325,36 +398,39 @@ def train_and_evaluate(
     else:
         variables = state_lib.init_variables(model, prep.input_size, init_rng, repl)
         if setup.pretrained_variables is not None:
-            merged, reinit = state_lib.merge_pretrained(variables, setup.pretrained_variables)
+            merged, reinit = state_lib.merge_pretrained(variables, setup.pretrained_variables,
+                                                        reinit_prefix=task.reinit_prefix)
             if reinit:
                 log(f"re-initialised: {', '.join(reinit)}")
             variables = jax.device_put(merged, repl)
         state = state_lib.create_train_state(variables, tx, train_rng, ema=use_ema, sharding=repl)
     start_step = int(jax.device_get(state.step))
     train_iter = iter(input_pipeline.train_loader(
-        data.train, global_batch_size=config.batch_size, prep=prep, crop=setup.crop,
+        data.train, global_batch_size=config.batch_size, transform=task.train_transform(setup),
         seed=config.seed, num_batches=setup.total_steps, start=start_step, num_workers=config.num_workers,
     ))
 
     data_sh = sharding.data_sharding(mesh)
     train_fn = jax.jit(
-        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, num_classes=num_classes,
-                          label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
+        functools.partial(steps.update_step, model=model, tx=tx, schedule=schedule, ema_decay=config.ema_decay,
+                          loss_fn=task.loss_fn(model, prep, num_classes)),
         in_shardings=(repl, data_sh), out_shardings=(repl, repl), donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, num_classes=num_classes),
-                      in_shardings=(repl, repl, data_sh), out_shardings=repl)
+    eval_fn = jax.jit(task.eval_step(model, prep, num_classes), in_shardings=(repl, repl, data_sh), out_shardings=repl)
     eval_data = None
     if data.val is not None:
         eval_data = input_pipeline.EvalData(
             data.val, global_batch_size=config.eval_batch_size or config.batch_size, prep=prep,
             num_workers=config.num_workers,
             on_unreadable=lambda key: unreadable.note("val", data.val.describe(key)),
+            transform=task.eval_transform(prep),
         )
+    train_keys = tuple(task.batch_spec(1, prep.input_size, train=True, sharding=data_sh))
     train_fn, compiled_eval = distributed.compile_steps(
-        train_fn, eval_fn if eval_data is not None else None, state, batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size or config.batch_size, image_size=prep.input_size,
-        data_sharding=data_sh)
+        train_fn, eval_fn if eval_data is not None else None, state,
+        train_batch=task.batch_spec(config.batch_size, prep.input_size, train=True, sharding=data_sh),
+        eval_batch=task.batch_spec(config.eval_batch_size or config.batch_size, prep.input_size,
+                                   train=False, sharding=data_sh))
     eval_fn = compiled_eval or eval_fn
 
     writer = MetricWriter(workdir)
@@ -368,19 +444,19 @@ def train_and_evaluate(
         nonlocal last_eval
         if eval_data is None:
             return
-        results = {"eval": evaluate(eval_fn, state.params, state.batch_stats, eval_data, mesh)}
+        results = {"eval": task.evaluate(eval_fn, state.params, state.batch_stats, eval_data, mesh, num_classes)}
         if use_ema:
-            results["ema"] = evaluate(eval_fn, state.ema_params, state.ema_batch_stats, eval_data, mesh)
+            results["ema"] = task.evaluate(eval_fn, state.ema_params, state.ema_batch_stats, eval_data, mesh,
+                                           num_classes)
         scalars = {}
         for group, r in results.items():
-            scalars.update({f"{group}/top1": r["top1"], f"{group}/top5": r["top5"], f"{group}/loss": r["loss"]})
+            scalars.update({f"{group}/{k}": v for k, v in task.scalars(r).items()})
             best = meta["best"].get(group)
-            if best is None or r["top1"] > best["top1"]:
-                meta["best"][group] = {"top1": r["top1"], "top5": r["top5"], "step": step}
+            if best is None or r[task.primary] > best[task.primary]:
+                meta["best"][group] = {**task.best_entry(r), "step": step}
         last_eval = {"step": step, **scalars}
         writer.write(step, scalars)
-        log(f"step {step}: " + ", ".join(
-            f"{g} top1 {r['top1']:.2%} top5 {r['top5']:.2%} loss {r['loss']:.3f}" for g, r in results.items()))
+        log(f"step {step}: " + ", ".join(task.eval_message(g, r) for g, r in results.items()))
 
     def save(step: int) -> None:
         nonlocal last_saved
@@ -393,7 +469,8 @@ def train_and_evaluate(
     bar = tqdm(total=setup.total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (config.progress_bar and _is_main()))
     pending = None  # (step, device metrics) not yet fetched: fetched one step late, no stall
-    window: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    window_keys = ("loss", *task.train_metrics)
+    window: dict[str, list[float]] = {k: [] for k in window_keys}
     last_host: dict[str, float] = {}
     t_window, n_window = time.time(), 0
 
@@ -407,8 +484,8 @@ def train_and_evaluate(
         _finite_or_raise(last_host, pstep, last_saved, ckpt.directory)
         unreadable.replaced_examples += int(last_host["replaced"])
         unreadable.check(pstep + 1, config.batch_size, len(data.train), config.max_unreadable_fraction)
-        window["loss"].append(last_host["loss"])
-        window["accuracy"].append(last_host["accuracy"])
+        for k in window_keys:
+            window[k].append(last_host[k])
 
     try:
         for step in range(start_step, setup.total_steps):
@@ -420,7 +497,7 @@ def train_and_evaluate(
                 batch_callback(step, local)
             for key in local["replaced"][local["replaced"] >= 0]:
                 unreadable.note("train", data.train.describe(int(key)))
-            batch = sharding.global_batch({k: local[k] for k in ("image", "label", "replaced")}, mesh)
+            batch = sharding.global_batch({k: local[k] for k in train_keys}, mesh)
             state, metrics = train_fn(state, batch)
             flush_pending()  # the previous step's metrics, while this one runs
             pending = (step, metrics)
@@ -435,8 +512,7 @@ def train_and_evaluate(
                 flush_pending()  # never evaluate or save a state whose loss was not finite
                 elapsed = time.time() - t_window
                 scalars = {
-                    "train/loss": float(np.mean(window["loss"])),
-                    "train/accuracy": float(np.mean(window["accuracy"])),
+                    **{f"train/{k}": float(np.mean(window[k])) for k in window_keys},
                     "train/learning_rate": last_host["learning_rate"],
                     "train/grad_norm": last_host["grad_norm"],
                     "train/images_per_sec": n_window * config.batch_size / max(elapsed, 1e-9),
@@ -445,7 +521,7 @@ def train_and_evaluate(
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", lr=f"{scalars['train/learning_rate']:.3g}",
                                 img_s=f"{scalars['train/images_per_sec']:.0f}")
-                window = {"loss": [], "accuracy": []}
+                window = {k: [] for k in window_keys}
             if needs_eval:
                 run_eval(done)
             if needs_save or stop:
@@ -470,6 +546,7 @@ def train_and_evaluate(
         ckpt.close()
 
     summary: dict[str, Any] = {
+        "task": task.name,
         "workdir": str(workdir),
         "steps": int(jax.device_get(state.step)),
         "total_steps": setup.total_steps,
@@ -481,16 +558,17 @@ def train_and_evaluate(
         "unreadable_images": unreadable.to_dict(),
     }
     if not preempted:
-        summary.update(_export(workdir / "export", model, prep, state, class_names, last_eval, use_ema, config))
+        summary.update(_export(workdir / "export", model, prep, state, class_names, last_eval, use_ema, config, task))
     if _is_main():
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, config) -> dict:
+def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, config, task) -> dict:
     """Save the final weights for `load_pretrained`: EMA when enabled and at least as good."""
     use = "raw"
-    if use_ema and last_eval.get("ema/top1", -1.0) >= last_eval.get("eval/top1", 0.0):
+    key = task.primary
+    if use_ema and last_eval.get(f"ema/{key}", -1.0) >= last_eval.get(f"eval/{key}", 0.0):
         use = "ema"
     params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use == "ema"
                            else (state.params, state.batch_stats))
@@ -499,7 +577,7 @@ def _export(out: Path, model, prep, state, class_names, last_eval, use_ema, conf
         save_pretrained(
             out, model.clone(dtype=jnp.float32), variables, prep, class_names=class_names, overwrite=True,
             source={"format": "flax_effnet.train", "weights": use, "step": int(jax.device_get(state.step)),
-                    "top1": last_eval.get(f"{'ema' if use == 'ema' else 'eval'}/top1"),
-                    "data_dir": config.data_dir or default_dataset.NAME},
+                    key: last_eval.get(f"{'ema' if use == 'ema' else 'eval'}/{key}"),
+                    "data_dir": config.data_dir or task.default_data},
         )
     return {"export": str(out), "exported_weights": use}

@@ -1,4 +1,5 @@
-"""Command line: `train_efficientnet [--preset P] [--data-dir DIR] [--workdir DIR] [--FIELD VALUE ...]`.
+"""Command line: `train_efficientnet [--preset P] [--data-dir DIR] [--workdir DIR] [--FIELD VALUE ...]`,
+and `train_efficientdet [...]`, the same with `--task detection`.
 
 Thin on purpose: parse the config, run `loop.train_and_evaluate`, print the summary.
 Exit status 0 when finished, 143 (128 + SIGTERM) when stopped by SIGTERM after saving,
@@ -16,7 +17,13 @@ def _print_summary(summary: dict) -> None:
     print("\n== summary ==")
     for group in ("eval", "ema"):
         best = summary["best"].get(group)
-        if best:
+        if best and summary.get("task") == "detection":
+            last = summary["last"].get(f"{group}/map")
+            line = (f"{group:>4}: best COCO mAP {best['map']:.4f} (step {best['step']}), "
+                    f"mAP@0.5 {best['map50']:.4f}")
+            print(line + (f"; last mAP {last:.4f}, mAP@0.5 {summary['last'][f'{group}/map50']:.4f}"
+                          if last is not None else ""))
+        elif best:
             last = summary["last"].get(f"{group}/top1")
             line = f"{group:>4}: best top-1 {best['top1']:.2%} (step {best['step']}), top-5 {best['top5']:.2%}"
             print(line + (f"; last top-1 {last:.2%}" if last is not None else ""))
@@ -65,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     if jax.process_index() == 0:  # multi-host: one summary, from process 0
         _print_summary(summary)
     return 143 if summary["preempted"] else 0
+
+
+def detection_main(argv: list[str] | None = None) -> int:
+    """`train_efficientdet`: the trainer with `--task detection` (by default the built-in
+    `shapes` preset: a small EfficientDet on procedurally generated boxes)."""
+    return main(["--task", "detection", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -90,7 +90,10 @@ class DecodedSource:
         except Exception as e:  # noqa: BLE001 - a corrupt TFDS/ArrayRecord record
             raise ImageLoadError(f"unreadable record: {e}") from None
         image = np.asarray(decode_image(record["image"]))
-        return {"image": image, "label": np.int32(record["label"]), "index": np.int64(record["index"])}
+        # Other fields (a detection record's boxes and classes) pass through.
+        extra = {k: v for k, v in record.items() if k not in ("image", "label", "index")}
+        labels = {"label": np.int32(record["label"])} if "label" in record else {}
+        return {"image": image, **labels, "index": np.int64(record["index"]), **extra}
 
     def __getitem__(self, record_key: int) -> dict[str, Any]:
         key = int(record_key)

@@ -7,6 +7,9 @@ the global batch, whatever the number of devices.
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,29 +32,36 @@ def step_rngs(rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     return {"dropout": dropout, "drop_path": drop_path}
 
 
-def train_step(
+def classification_loss(logits: jax.Array, batch: dict[str, jax.Array], *, num_classes: int,
+                        label_smoothing: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean (smoothed) cross-entropy over the batch, and its top-1 accuracy."""
+    loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+
+def update_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    num_classes: int,
-    label_smoothing: float,
     ema_decay: float,
+    loss_fn: Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a global batch. Returns the new state and scalar metrics (loss before the
-    update, batch top-1, LR used, gradient norm, all-finite flag and, when the batch has a
+    """One update on a global batch, for any task: `loss_fn(model outputs, batch)` gives the
+    loss and the task's own metrics. Returns the new state and scalar metrics (the task's, the
+    loss before the update, LR used, gradient norm, all-finite flag and, when the batch has a
     `replaced` field, how many of its images stood in for unreadable ones)."""
     rngs = step_rngs(state.rng, state.step)
 
-    def loss_fn(params):
+    def objective(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"], rngs=rngs)
-        loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
-        return loss, (logits, updates["batch_stats"])
+        outputs, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"], rngs=rngs)
+        loss, task_metrics = loss_fn(outputs, batch)
+        return loss, (task_metrics, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -66,7 +76,7 @@ def train_step(
     )
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        **task_metrics,
         "learning_rate": schedule(state.step),
         "grad_norm": optax.tree.norm(grads),
         # The loop refuses to go on (or save) unless the loss and every new parameter are finite.
@@ -75,6 +85,23 @@ def train_step(
     if "replaced" in batch:  # summed over the global batch: every process gets the same count
         metrics["replaced"] = jnp.sum(batch["replaced"] >= 0)
     return new_state, metrics
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    num_classes: int,
+    label_smoothing: float,
+    ema_decay: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One classifier update (`update_step` with `classification_loss`); its metrics add the
+    batch top-1 `accuracy`."""
+    loss_fn = functools.partial(classification_loss, num_classes=num_classes, label_smoothing=label_smoothing)
+    return update_step(state, batch, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay, loss_fn=loss_fn)
 
 
 def eval_step(params, batch_stats, batch: dict[str, jax.Array], *, model: nn.Module, num_classes: int) -> dict:
