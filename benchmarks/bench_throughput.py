@@ -1,21 +1,33 @@
-"""Throughput of flax_effnet against PyTorch EfficientNets with the same weights, in one run.
+"""Throughput of flax_effnet against its strongest peers with the same weights, in one run.
 
 For one variant, batch, resolution and dtype this measures eval forward images/s and train-step
-images/s (forward + backward + SGD-momentum update) of flax_effnet and of each PyTorch peer,
+images/s (forward + backward + SGD-momentum update) of flax_effnet and of each peer,
 interleaved repeat by repeat so that load from other processes hits every contestant alike, and
 prints the median of the repeats, the ratio ours/peer, compile (or first-call) time and peak memory.
+The peers: a PyTorch model (timm by default; eval and train step) and, for eval on CPU, ONNX
+Runtime and OpenVINO running an ONNX export of that same PyTorch model.
 
     python benchmarks/bench_throughput.py                       # CPU: b0, batch 8, 224 px, fp32
+    python benchmarks/bench_throughput.py --dtype bfloat16      # + our f32 eval, OpenVINO bf16
+    python benchmarks/bench_throughput.py --isolate 2           # each contestant in its own process
     python benchmarks/bench_throughput.py --model mobilenetv2_100   # any registered model vs timm
     python benchmarks/bench_throughput.py --variant b4 --batch 64 --dtype bfloat16 \
         --peer timm --compile                                    # GPU: AMP + channels_last, eager and compiled
 
-On GPU the peers run under `torch.autocast` (bf16/fp16) with channels_last; with `--compile`
-each torch peer is also run through `torch.compile`. Before timing, the peer's BN statistics are
-calibrated on the input (see `peers.calibrate_`), its weights are copied into our variables and,
-in float32, the eval logits are checked to agree within 1e-4.
+On GPU the torch peers run under `torch.autocast` (bf16/fp16) with channels_last; with
+`--compile` each is also run through `torch.compile`. Before timing, the peer's BN statistics are
+calibrated on the input (see `peers.calibrate_`), its weights are converted into ours by
+`flax_effnet.convert`, and every contestant's eval logits are compared with our float32 ones:
+in float32 they must agree within 1e-4; in bf16 the difference is printed.
 
-`--malloc keep` runs the whole process (both contestants) with `flax_effnet.host.
+Engines (`--engines`): ONNX Runtime's CPU provider runs float32 only; OpenVINO runs f32, and
+bf16 too with `--dtype bfloat16` where the CPU has avx512_bf16 or AMX. Interleaved, ONNX
+Runtime's threads do not spin between calls (they would take the cores from the contestant
+after it); OpenMP or TBB pools that spin anyway can still handicap whoever runs next, so
+`--isolate ROUNDS` runs each kind of contestant alone in its own process (engines at their
+default settings), ROUNDS times in alternating order, and reports the medians.
+
+`--malloc keep` runs the whole process (every contestant) with `flax_effnet.host.
 keep_freed_memory()`, as the trainer does; by default glibc's malloc hands large blocks back to
 the kernel on free, and each step of either framework page-faults them in again.
 
@@ -54,7 +66,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import PEERS, build_peer, build_timm_model, calibrate_  # noqa: E402
+from peers import ENGINES, PEERS, build_engine, build_peer, build_timm_model, calibrate_  # noqa: E402
 
 from flax_effnet import EfficientNet, create_model, list_models, model_entry  # noqa: E402
 from flax_effnet.convert import convert_state_dict  # noqa: E402
@@ -101,8 +113,10 @@ def _reset_peak_rss() -> bool:
 class Contestant:
     """One model in one mode: a step function plus what we learned about it."""
 
-    def __init__(self, name: str, step: Callable[[], object], sync: Callable[[object], None]):
+    def __init__(self, name: str, step: Callable[[], object], sync: Callable[[object], None],
+                 logits: Callable[[], np.ndarray] | None = None):
         self.name, self.step, self.sync = name, step, sync
+        self.logits = logits  # eval: float32 numpy logits, for the agreement check
         self.times: list[float] = []  # seconds per image, one per repeat
         self.first_call_s = math.nan
         self.compile_s = math.nan  # AOT compile (ours) - nan where not separable
@@ -150,7 +164,9 @@ def build_ours(args, peer, x_nhwc, labels, dtype):
     t1 = time.perf_counter()
     fwd_c = lowered.compile()
     t2 = time.perf_counter()
-    ev = Contestant("flax_effnet", lambda: fwd_c(variables, x), jax.block_until_ready)
+    name = "flax_effnet" + ("" if dtype == jnp.float32 else f" {jnp.dtype(dtype).name}")
+    ev = Contestant(name, lambda: fwd_c(variables, x), jax.block_until_ready,
+                    lambda: np.asarray(fwd_c(variables, x), np.float32))
     ev.compile_s = t2 - t0
     ev.mem.update(_xla_memory(fwd_c))
 
@@ -186,10 +202,10 @@ def build_ours(args, peer, x_nhwc, labels, dtype):
         state[0], loss = train_c(state[0], x, y)
         return loss
 
-    tr = Contestant("flax_effnet", one_train_step, jax.block_until_ready)
+    tr = Contestant(name, one_train_step, jax.block_until_ready)
     tr.compile_s = t1 - t0
     tr.mem.update(_xla_memory(train_c))
-    return ev, tr, (lambda: np.asarray(fwd_c(variables, x), np.float32))
+    return ev, tr
 
 
 def _xla_memory(compiled) -> dict[str, float]:
@@ -251,7 +267,44 @@ def build_torch(args, peer, x_nchw, labels, on_gpu, compiled):
         return loss
 
     model.eval()
-    return Contestant(tag, eval_step, sync), Contestant(tag, train_step, sync)
+    logits = lambda: eval_step().float().cpu().numpy()  # noqa: E731
+    return Contestant(tag, eval_step, sync, logits), Contestant(tag, train_step, sync)
+
+
+def build_engines(args, peer, x_nchw, engines, precisions) -> list[Contestant]:
+    """Eval contestants for ONNX Runtime and OpenVINO on an ONNX export of the torch peer.
+
+    One per engine and precision that the engine runs here: ONNX Runtime's CPU provider is
+    float32 only; OpenVINO runs bf16 where the CPU has avx512_bf16 or AMX.
+    """
+    import tempfile
+
+    from peers import export_onnx
+
+    out = []
+    x = np.ascontiguousarray(x_nchw.numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(peer.model, x_nchw, os.path.join(tmp, "model.onnx"))
+        for name in engines:
+            for precision in precisions:
+                if name == "onnxruntime" and precision != "f32":
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    run = build_engine(name, path, THREADS, precision, spin=args.only is not None)
+                    built_s = time.perf_counter() - t0
+                except Exception as e:  # an unusable install should not stop the others
+                    print(f"engine {name} {precision}: unavailable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})")
+                    continue
+                if run.precision != precision:
+                    print(f"engine {name}: asked for {precision}, runs {run.precision}; skipped")
+                    continue
+                c = Contestant(f"{name} {run.version} {precision}", lambda run=run: run(x),
+                               lambda _: None, lambda run=run: np.asarray(run(x), np.float32))
+                c.compile_s = built_s
+                out.append(c)
+    return out
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -325,30 +378,118 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=None, help="image size (default: the variant's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="compute dtype; torch runs it as autocast (AMP)")
+                   help="compute dtype; torch runs it as autocast (AMP), OpenVINO as its "
+                   "inference precision; not float32: our float32 eval runs beside it")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per contestant (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds one repeat should last")
-    p.add_argument("--peer", default="efficientnet_pytorch", choices=[*PEERS, "all", "none"])
+    p.add_argument("--peer", default="timm", choices=[*PEERS, "all", "none"],
+                   help="PyTorch peer (eval and train step); the engines run its ONNX export")
+    p.add_argument("--engines", default="auto",
+                   help="comma-separated inference engines for eval (onnxruntime, openvino), "
+                   "'none', or 'auto': both on CPU, none on GPU")
     p.add_argument("--compile", action="store_true", help="also run each torch peer via torch.compile")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU cores for both frameworks (default: all this process may use)")
+                   help="CPU cores for every framework (default: all this process may use)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="torch memory format; auto = on for GPU")
     p.add_argument("--depthwise-impl", default="auto", choices=["auto", "conv", "shift"])
     p.add_argument("--malloc", default="default", choices=["default", "keep"],
                    help="keep: flax_effnet.host.keep_freed_memory() for the whole process, so "
-                   "both contestants reuse freed memory (as the trainer does); default: glibc's")
+                   "every contestant reuses freed memory (as the trainer does); default: glibc's")
     p.add_argument("--modes", default="eval,train")
+    p.add_argument("--isolate", type=int, default=0, metavar="ROUNDS",
+                   help="run each contestant in its own process instead, ROUNDS alternating "
+                   "rounds (for peers whose threads spin after a call); medians over rounds")
+    p.add_argument("--only", default=None, choices=["ours", "ours_f32", "torch", *ENGINES],
+                   help=argparse.SUPPRESS)  # one kind of contestant in this process (--isolate)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--no-check", action="store_true", help="skip the float32 logits check")
+    p.add_argument("--no-check", action="store_true", help="skip the logits check")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     return p.parse_args(argv)
 
 
+def check_logits(evals: list[Contestant], reference: np.ndarray, strict: bool, on_gpu: bool) -> dict:
+    """max |logits - reference| per contestant; with `strict` (float32 everywhere) a difference
+    beyond LOGITS_ATOL means a wrong weight copy or export, and stops the run."""
+    diffs = {}
+    for c in evals:
+        if c.logits is None:
+            continue
+        diffs[c.name] = float(np.abs(c.logits() - reference).max())
+        print(f"logits check: max |{c.name} - flax_effnet float32| = {diffs[c.name]:.2e}"
+              + (f" (atol {LOGITS_ATOL:g})" if strict else
+                 f" (max |logit| {float(np.abs(reference).max()):.2f})"))
+        if strict and diffs[c.name] > LOGITS_ATOL:
+            if on_gpu:  # cuDNN convs and XLA:GPU dots may run float32 as TF32
+                print("warning: logits differ beyond atol on GPU; TF32 can do this, a wrong "
+                      "weight copy too: run the check on CPU to tell them apart")
+            else:
+                raise SystemExit(f"logits of {c.name} differ: the weight copy, export or model is wrong")
+    return diffs
+
+
+ISOLATED_KINDS = ("ours", "ours_f32", "torch", *ENGINES)
+
+
+def run_isolated(args, argv) -> int:
+    """--isolate: each kind of contestant (ours, our float32 beside bf16, the torch peers, each
+    engine) alone in a process (`--only KIND`), in rounds that alternate the order."""
+    import json
+    import subprocess
+    import tempfile
+
+    cmd, skip = [], False
+    for a in argv if argv is not None else sys.argv[1:]:  # this run's arguments minus ours
+        if skip:
+            skip = False
+        elif a in ("--isolate", "--json", "--only"):
+            skip = True
+        elif a.split("=", 1)[0] not in ("--isolate", "--json", "--only"):
+            cmd.append(a)
+    kinds = [k for k in ISOLATED_KINDS
+             if (k != "ours_f32" or args.dtype != "float32") and (k not in ENGINES or args.engines == "auto"
+                                                                   or k in args.engines.split(","))
+             and (k != "torch" or args.peer != "none")]
+    rows: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.isolate):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                out = os.path.join(tmp, f"{r}-{kind}.json")
+                print(f"--- round {r + 1}/{args.isolate}: {kind} alone", flush=True)
+                subprocess.run([sys.executable, os.path.abspath(__file__), *cmd, "--only", kind,
+                                "--no-check", "--json", out], check=True)
+                with open(out) as f:
+                    for row in json.load(f)["rows"]:
+                        rows.setdefault((row["mode"], row["name"]), []).append(row)
+    load = os.getloadavg()
+    print(f"\n== each kind of contestant in its own process, {args.isolate} rounds "
+          f"(load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}) ==")
+    result = []
+    for mode in ("eval forward", "train step"):
+        group = [(k[1], v) for k, v in rows.items() if k[0] == mode]
+        if not group:
+            continue
+        ours = statistics.median(r["img_s"] for r in group[0][1])
+        print(f"\n{mode}:\n{'contestant':34s} {'img/s per round':>24s} {'ours/this':>9s}")
+        for name, rs in group:
+            ips = [r["img_s"] for r in rs]
+            print(f"{name:34s} {', '.join(f'{v:.1f}' for v in ips):>24s} "
+                  f"{ours / statistics.median(ips):9.2f}")
+            result.append(dict(mode=mode, name=name, img_s=statistics.median(ips), img_s_rounds=ips,
+                               ratio_ours_over=ours / statistics.median(ips)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), threads=THREADS, isolated=True, rows=result,
+                           loadavg=load), f, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.isolate:
+        return run_isolated(args, argv)
     # Before the first computation (jax.default_backend() starts XLA's thread pools).
     kept = args.malloc == "keep" and keep_freed_memory()
     malloc = "keep freed memory" if kept else "glibc default"
@@ -357,11 +498,14 @@ def main(argv=None) -> int:
     if on_gpu and platform != "gpu":
         raise SystemExit(f"--device gpu but JAX's backend is {platform}")
     if args.model and args.peer not in ("timm", "none"):
-        if args.peer != "efficientnet_pytorch":  # the default: switch it quietly
-            raise SystemExit(f"--model {args.model}: its only peer is timm, not {args.peer}")
-        args.peer = "timm"
+        raise SystemExit(f"--model {args.model}: its only peer is timm, not {args.peer}")
     if args.model and args.model not in list_models():
         raise SystemExit(f"--model {args.model!r} is not registered; known: {', '.join(list_models())}")
+    args.engines = ([] if args.engines == "none" or (args.engines == "auto" and on_gpu) else
+                    list(ENGINES) if args.engines == "auto" else args.engines.split(","))
+    if set(args.engines) - set(ENGINES):
+        raise SystemExit(f"--engines: unknown {sorted(set(args.engines) - set(ENGINES))}; "
+                         f"known: {', '.join(ENGINES)}")
     label = args.model or args.variant
     size = args.size or (model_entry(args.model).preprocessing.input_size if args.model
                          else resolve_variant(args.variant).resolution)
@@ -397,15 +541,25 @@ def main(argv=None) -> int:
         print("note: peers differ in padding/BN eps; ours follows", ref.name,
               "and the logits check runs against it only")
     impl = resolve_depthwise_impl(args.depthwise_impl)
+    load = os.getloadavg()
     print(f"flax_effnet {label} batch {args.batch} {size}px {args.dtype} | "
           f"jax {jax.__version__} {platform} ({jax.devices()[0].device_kind}) depthwise={impl} | "
-          f"malloc: {malloc} | threads: {THREADS} cores for XLA" + (
-              f", torch.get_num_threads()={__import__('torch').get_num_threads()} "
-              f"torch {__import__('torch').__version__}" if peers else ""))
-    ours_eval, ours_train, ours_logits = build_ours(args, ref, x_nhwc, labels, jdtype)
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} | malloc: {malloc} | threads: {THREADS} "
+          f"cores" + (f", torch {__import__('torch').__version__}" if peers else "")
+          + f" | load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
-    evals, trains = [ours_eval], [ours_train]
-    for peer in peers:
+    only = args.only  # --isolate: one kind of contestant in this process
+    evals, trains = [], []
+    if only in (None, "ours"):
+        ours_eval, ours_train = build_ours(args, ref, x_nhwc, labels, jdtype)
+        evals.append(ours_eval)
+        trains.append(ours_train)
+    if jdtype != jnp.float32 and only in (None, "ours_f32"):
+        # The bf16 target is against our own float32 eval, so it runs beside it.
+        f32_eval, _ = build_ours(args, ref, x_nhwc, labels, jnp.float32)
+        f32_eval.name = "flax_effnet float32"
+        evals.append(f32_eval)
+    for peer in peers if only in (None, "torch") else []:
         for compiled in ([False, True] if args.compile else [False]):
             try:
                 e, t = build_torch(args, peer, torch_x, torch_y, on_gpu, compiled)
@@ -414,22 +568,19 @@ def main(argv=None) -> int:
                 continue
             evals.append(e)
             trains.append(t)
+    engines = [e for e in args.engines if only in (None, e)]
+    if ref is not None and engines and "eval" in modes:
+        precisions = ["f32"] + (["bf16"] if args.dtype == "bfloat16" else [])
+        evals += build_engines(args, ref, torch_x, engines, precisions)
 
-    if ref is not None and args.dtype == "float32" and not args.no_check:
-        import torch
-        theirs = evals[1].step().float().cpu().numpy()
-        diff = float(np.abs(ours_logits() - theirs).max())
-        print(f"logits check vs {ref.name}: max |ours - theirs| = {diff:.2e} (atol {LOGITS_ATOL:g})")
-        if diff > LOGITS_ATOL:
-            if on_gpu:  # cuDNN convs and XLA:GPU dots may run float32 as TF32
-                print("warning: logits differ beyond atol on GPU; TF32 can do this, a wrong "
-                      "weight copy too: run the check on CPU to tell them apart")
-            else:
-                raise SystemExit("logits differ: the weight copy or the model is wrong")
+    if ref is not None and not args.no_check and evals and evals[0].logits is not None:
+        f32 = [c for c in evals if c.name == "flax_effnet float32"] or evals[:1]
+        check_logits([c for c in evals if c is not f32[0]], f32[0].logits(),
+                     strict=args.dtype == "float32", on_gpu=on_gpu)
 
     rows = []
     for mode, group in (("eval forward", evals), ("train step", trains)):
-        if mode.split()[0] not in modes:
+        if mode.split()[0] not in modes or not group:
             continue
         for c in group:
             if math.isnan(c.first_call_s):
@@ -439,13 +590,15 @@ def main(argv=None) -> int:
         for c in group:
             measure_memory(c, on_gpu)
         rows += report(mode, group, args.batch)
+    load = os.getloadavg()
     print(f"\nmedian of {args.repeats} interleaved repeats after warm-up; 'ours/this' > 1 means "
           "flax_effnet is faster. 1st call: JAX runs AOT-compiled code, torch includes any "
-          "torch.compile; memory in MiB.")
+          "torch.compile; compile s for an engine: building its session; memory in MiB. "
+          f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         import json
         with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), threads=THREADS, rows=rows), f, indent=1)
+            json.dump(dict(args=vars(args), threads=THREADS, rows=rows, loadavg=load), f, indent=1)
     return 0
 
 

@@ -1,6 +1,7 @@
 """PyTorch peers for the throughput benchmark, and a copy of their weights into flax_effnet.
 
-The peers are the EfficientNets people run in PyTorch:
+The peers are the EfficientNets people run in PyTorch, and two inference engines (ONNX
+Runtime, OpenVINO) running an ONNX export of the PyTorch peer, for eval:
 
 - `efficientnet_pytorch` (lukemelas): TF SAME padding (static, computed for the image size),
   BN eps 1e-3 -> our padding='same'.
@@ -107,3 +108,71 @@ def calibrate_(model, x, seed: int = 0) -> None:
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- inference engines
+
+ENGINES = ("onnxruntime", "openvino")
+
+
+def export_onnx(model, x, path: str) -> str:
+    """ONNX export of an eval-mode torch model at `x`'s (static) shape; returns `path`.
+
+    The TorchScript exporter (`dynamo=False`): the dynamo one needs onnxscript and gives the
+    engines no faster graph for a static CNN. Opset 17 is what both engines fully optimise.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"])
+    model.train(was_training)
+    return path
+
+
+def build_engine(name: str, onnx_path: str, threads: int, precision: str = "f32",
+                 spin: bool = True):
+    """A callable `run(x_nchw_float32_numpy) -> logits numpy` for an inference engine.
+
+    `precision` is OpenVINO's inference precision ('f32' or 'bf16'; bf16 needs avx512_bf16 or
+    AMX, else OpenVINO runs f32 and `run.precision` says so); ONNX Runtime's CPU provider runs
+    float32 only. `spin=False` stops ONNX Runtime's idle threads from spinning after a call,
+    which would take cores from the contestants it is interleaved with.
+    """
+    if name == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+
+        def run(x):
+            return sess.run(None, {"x": x})[0]
+
+        run.version, run.precision = ort.__version__, "f32"
+        return run
+    if name == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(onnx_path, "CPU", {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        request = compiled.create_infer_request()
+
+        def run(x):
+            request.infer({0: x})
+            return request.get_output_tensor(0).data
+
+        run.version = ov.__version__.split("-")[0]  # "2026.4.1-22982-<hash>-releases/..."
+        run.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return run
+    raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")

@@ -93,6 +93,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.score_threshold <= 1.0:
         parser.error("--score-threshold must be in [0, 1]")
 
+    from flax_effnet.host import set_xla_cpu_flags
+
+    set_xla_cpu_flags()  # before JAX's first computation; not where XLA_FLAGS is set
     from flax_effnet.infer.detect import is_detector_dir
     from flax_effnet.infer.predict import Predictor
 
@@ -218,7 +221,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be positive")
 
-    from flax_effnet.host import keep_freed_memory
+    from flax_effnet.host import keep_freed_memory, set_xla_cpu_flags
+
+    set_xla_cpu_flags()  # before JAX's first computation; not where XLA_FLAGS is set
     from flax_effnet.infer.detect import is_detector_dir
     from flax_effnet.infer.evaluate import evaluate, open_eval_data
     from flax_effnet.infer.predict import Predictor

@@ -3,7 +3,8 @@
 # is already satisfied.
 #   bash scripts/setup.sh train   the trainer only (what `scripts/train.sh` needs; no PyTorch)
 #   bash scripts/setup.sh test    everything: CPU PyTorch, the converter, the reference
-#                                 PyTorch models and the test tools (what `scripts/test.sh` needs)
+#                                 PyTorch models, the test tools and the benchmarks' inference
+#                                 engines (ONNX Runtime, OpenVINO): what `scripts/test.sh` needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-test}

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing so that --help is instant.
     import jax
 
-    from flax_effnet.host import keep_freed_memory
+    from flax_effnet.host import keep_freed_memory, set_xla_cpu_flags
+
+    set_xla_cpu_flags()  # before JAX's first computation; not where XLA_FLAGS is set
 
     try:
         from flax_effnet.train import distributed, loop
