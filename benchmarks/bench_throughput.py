@@ -60,6 +60,13 @@ def _early_threads() -> int:
 
 THREADS = _early_threads()
 
+# The XLA:CPU flags the console scripts set (flax_effnet.host), unless XLA_FLAGS is set: ours
+# runs as `train_efficientnet` and `evaluate_efficientnet` run it. `XLA_FLAGS= python ...`
+# measures XLA's defaults instead.
+from flax_effnet.host import set_xla_cpu_flags  # noqa: E402
+
+set_xla_cpu_flags()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

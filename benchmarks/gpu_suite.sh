@@ -22,15 +22,16 @@ mkdir -p "$OUT"
 BENCH=("$PY" benchmarks/bench_throughput.py --malloc keep --engines none)
 
 if [ "$TINY" = 1 ]; then
-  # CPU smoke mode: the same runs at 2 images of 64 px, one short repeat, no torch.compile.
+  # CPU smoke mode: the same runs at 2 images of 64 px, one short repeat, no torch.compile,
+  # and the peer comparisons in eval only (the train step is compiled in the depthwise runs).
   export JAX_PLATFORMS=cpu
   COMMON=(--device cpu --dtype bfloat16 --repeats 1 --warmup 1 --min-time 0.01 --size 64 --batch 2)
-  COMPILE=()
+  PEER_OPTS=(--modes eval)
   B0_BATCH=(); B4_BATCH=()
   LIMIT=300
 else
   COMMON=(--device gpu --dtype bfloat16 --repeats 5 --min-time 1.0 --channels-last on)
-  COMPILE=(--compile)
+  PEER_OPTS=(--compile)
   B0_BATCH=(--batch 128); B4_BATCH=(--batch 32)
   LIMIT=120
 fi
@@ -47,8 +48,8 @@ run() {  # run NAME LIMIT_S ARGS...: one benchmark run, its JSON and log under $
 
 START=$SECONDS
 # timm eager and torch.compile, AMP bf16 + channels_last, against ours (depthwise 'auto').
-run b0_bf16 "$((LIMIT + 30))" --variant b0 --peer timm "${B0_BATCH[@]}" "${COMMON[@]}" "${COMPILE[@]}"
-run b4_bf16 "$((LIMIT + 30))" --variant b4 --peer timm "${B4_BATCH[@]}" "${COMMON[@]}" "${COMPILE[@]}"
+run b0_bf16 "$((LIMIT + 30))" --variant b0 --peer timm "${B0_BATCH[@]}" "${COMMON[@]}" "${PEER_OPTS[@]}"
+run b4_bf16 "$((LIMIT + 30))" --variant b4 --peer timm "${B4_BATCH[@]}" "${COMMON[@]}" "${PEER_OPTS[@]}"
 # The depthwise implementations in training, ours only (which 'auto' should pick on GPU).
 for impl in conv shift; do
   run "b0_train_${impl}" "$((LIMIT / 2))" --variant b0 --peer none --modes train \
