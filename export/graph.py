@@ -73,6 +73,10 @@ def output_names(model: nn.Module, outputs: Any) -> list[str]:
     leaves = jax.tree_util.tree_leaves_with_path(outputs)
     if len(leaves) == 1 and not leaves[0][0]:
         return ["logits" if getattr(model, "num_classes", 0) else "features"]
+    anchors = getattr(model, "anchors", None)
+    if anchors is not None:  # a detector: (class outputs, box outputs), one per level
+        levels = range(anchors.min_level, anchors.max_level + 1)
+        return [f"{kind}_p{level}" for kind in ("class", "box") for level in levels]
     return [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in leaves]
 
 

@@ -86,13 +86,19 @@ def to_onnx(
     shape = input_shape(BATCH_DIM, input_size, layout)
     outputs = jax.eval_shape(fn, jax.ShapeDtypeStruct(input_shape(1, input_size, layout), np.float32))
     names = output_names(model, outputs)
-    proto = jax2onnx.to_onnx(
-        fn,
-        [shape],
-        model_name=type(model).__name__,
-        input_names=["images"],
-        output_names=names,
-    )
+    try:
+        proto = jax2onnx.to_onnx(
+            fn,
+            [shape],
+            model_name=type(model).__name__,
+            input_names=["images"],
+            output_names=names,
+        )
+    except Exception as e:  # jax2onnx's own failures (an op it cannot lower) are not ours to trace
+        raise ExportError(
+            f"jax2onnx cannot convert {type(model).__name__}: {type(e).__name__}: {e}; "
+            "--to stablehlo exports every model"
+        ) from e
     # jax2onnx annotates some intermediate values with NCHW shapes where the value is NHWC
     # (ONNX Runtime warns "Error merging shape info" for each); the annotations are optional,
     # so they are dropped and ONNX Runtime infers its own.

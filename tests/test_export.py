@@ -145,3 +145,39 @@ def test_stablehlo_round_trip(tmp_path):
         ref = np.asarray(forward(variables, x))
         assert got.shape == (n, 5)
         np.testing.assert_allclose(got, ref, rtol=0, atol=verify_tolerance([ref]))
+
+
+def _small_detector():
+    """tf_efficientdet_d0's structure with a narrow, one-cell BiFPN and one head repeat."""
+    return flax_effnet.create_model(
+        "tf_efficientdet_d0", num_classes=3, fpn_channels=16, fpn_cell_repeats=1, box_class_repeats=1
+    )
+
+
+def test_stablehlo_efficientdet_levels(tmp_path):
+    """EfficientDet's raw P3-P7 class and box outputs through StableHLO, non-square, at a batch
+    size other than the verification's, named per level; ONNX is refused with a named error
+    (jax2onnx 0.17.1 cannot lower its max-pools) instead of jax2onnx's traceback."""
+    from flax_effnet.export.errors import ExportError
+
+    model = _small_detector()
+    size = (128, 256)
+    variables = random_variables(model, 128)
+    exported = to_stablehlo(model, variables, input_size=size, layout="nhwc")
+    path = tmp_path / "det.stablehlo"
+    save_stablehlo(exported, path)
+    x = _batch(3, size, seed=5)
+    got = run_stablehlo(load_stablehlo(path), x)
+    classes, boxes = jax.jit(model.apply)(variables, x)
+    ref = [np.asarray(a) for a in (*classes, *boxes)]
+    assert len(got) == 10 and [g.shape for g in got] == [r.shape for r in ref]
+    assert ref[0].shape == (3, 16, 32, 9 * 3) and ref[5].shape == (3, 16, 32, 9 * 4)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=0, atol=verify_tolerance(ref))
+    from flax_effnet.export.graph import output_names
+
+    assert output_names(model, (classes, boxes)) == [
+        f"{kind}_p{level}" for kind in ("class", "box") for level in range(3, 8)
+    ]
+    with pytest.raises(ExportError, match="jax2onnx cannot convert EfficientDet"):
+        to_onnx(model, variables, input_size=size)
