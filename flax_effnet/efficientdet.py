@@ -96,7 +96,7 @@ def max_pool_to(x: jax.Array, size: tuple[int, int], padding: Padding) -> jax.Ar
     strides = tuple((n - 1) // m + 1 for n, m in zip(x.shape[1:3], size))
     kernel = tuple(s + 1 for s in strides)
     pads = tuple(_pool_padding(n, k, s, padding) for n, k, s in zip(x.shape[1:3], kernel, strides))
-    return nn.max_pool(x, kernel, strides, pads)
+    return nn.max_pool(x, window_shape=kernel, strides=strides, padding=pads)
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
