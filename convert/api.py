@@ -225,24 +225,26 @@ def _convert_detector(fmt, arch, tensors, prefix, notes, num_classes, hints, hin
     flat, consumed, ignored = _fill(fmt, name or arch.label, rows, tensors, prefix, dropped, hint)
     if classifier is None:
         flat.update(effdet.new_class_predict(model, num_classes))
-    info = ConversionInfo(
+    info = _conversion_info(
+        fmt, model, family, variant=name or arch.label, num_classes=num_classes,
+        classifier=state, model_name=name, prefix=prefix, notes=notes,
+        ignored=bench + [prefix + k for k in ignored], num_tensors=len(consumed),
+    )
+    return model, unflatten_variables(flat), info
+
+
+def _conversion_info(fmt, model, family, **fields) -> ConversionInfo:
+    """The report of a conversion: what the format and the built model fix, plus `fields`."""
+    return ConversionInfo(
         format=fmt.name,
-        variant=name or arch.label,
-        num_classes=num_classes,
-        classifier=state,
         padding=model.padding,
         bn_epsilon=model.bn_epsilon,
         bn_momentum=model.bn_momentum,
         preprocessing=fmt.eval_preprocessing(model),
         preprocessing_source=f"{fmt.name} default for this architecture",
         family=family.name,
-        model_name=name,
-        prefix=prefix,
-        notes=notes,
-        ignored=bench + [prefix + k for k in ignored],
-        num_tensors=len(consumed),
+        **fields,
     )
-    return model, unflatten_variables(flat), info
 
 
 def convert_state_dict(
@@ -333,22 +335,10 @@ def convert_state_dict(
         flat["params/classifier/kernel"] = np.asarray(kernel, np.float32)
         flat["params/classifier/bias"] = np.zeros((num_classes,), np.float32)
 
-    info = ConversionInfo(
-        format=fmt.name,
-        variant=label,
-        num_classes=num_classes,
-        classifier=classifier_state,
-        padding=model.padding,
-        bn_epsilon=model.bn_epsilon,
-        bn_momentum=model.bn_momentum,
-        preprocessing=fmt.eval_preprocessing(model),
-        preprocessing_source=f"{fmt.name} default for this architecture",
-        family=family.name,
-        model_name=find_model_name(model),
-        prefix=prefix,
-        notes=notes,
-        ignored=[prefix + k for k in ignored],
-        num_tensors=len(consumed),
+    info = _conversion_info(
+        fmt, model, family, variant=label, num_classes=num_classes,
+        classifier=classifier_state, model_name=find_model_name(model), prefix=prefix,
+        notes=notes, ignored=[prefix + k for k in ignored], num_tensors=len(consumed),
     )
     return model, unflatten_variables(flat), info
 
