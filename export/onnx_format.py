@@ -13,7 +13,9 @@ BatchNormalization nodes with the Einsums, none after the rewrite).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,6 +57,19 @@ def _jax2onnx():
     return jax2onnx
 
 
+@contextlib.contextmanager
+def _quiet_value_info():
+    """Silence onnx_ir's warnings about intermediate values it cannot annotate (EfficientDet's
+    pad-and-pool shapes print 16 per export); `to_onnx` drops those annotations anyway."""
+    logger = logging.getLogger("onnx_ir.serde")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def to_onnx(
     model: nn.Module,
     variables: Mapping,
@@ -87,13 +102,14 @@ def to_onnx(
     outputs = jax.eval_shape(fn, jax.ShapeDtypeStruct(input_shape(1, input_size, layout), np.float32))
     names = output_names(model, outputs)
     try:
-        proto = jax2onnx.to_onnx(
-            fn,
-            [shape],
-            model_name=type(model).__name__,
-            input_names=["images"],
-            output_names=names,
-        )
+        with _quiet_value_info():
+            proto = jax2onnx.to_onnx(
+                fn,
+                [shape],
+                model_name=type(model).__name__,
+                input_names=["images"],
+                output_names=names,
+            )
     except Exception as e:  # jax2onnx's own failures (an op it cannot lower) are not ours to trace
         raise ExportError(
             f"jax2onnx cannot convert {type(model).__name__}: {type(e).__name__}: {e}; "

@@ -96,7 +96,10 @@ def max_pool_to(x: jax.Array, size: tuple[int, int], padding: Padding) -> jax.Ar
     strides = tuple((n - 1) // m + 1 for n, m in zip(x.shape[1:3], size))
     kernel = tuple(s + 1 for s in strides)
     pads = tuple(_pool_padding(n, k, s, padding) for n, k, s in zip(x.shape[1:3], kernel, strides))
-    return nn.max_pool(x, window_shape=kernel, strides=strides, padding=pads)
+    # Padded here rather than by the pool: the same -inf window XLA fuses either way, and an
+    # explicit Pad exports to ONNX (jax2onnx 0.17.1 miscomputes a MaxPool's explicit pads).
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=kernel, strides=strides, padding="VALID")
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:

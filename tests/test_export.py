@@ -147,19 +147,21 @@ def test_stablehlo_round_trip(tmp_path):
         np.testing.assert_allclose(got, ref, rtol=0, atol=verify_tolerance([ref]))
 
 
-def _small_detector():
-    """tf_efficientdet_d0's structure with a narrow, one-cell BiFPN and one head repeat."""
+def _small_detector(name="tf_efficientdet_d0"):
+    """`name`'s structure with a narrow, one-cell BiFPN and one head repeat."""
     return flax_effnet.create_model(
-        "tf_efficientdet_d0", num_classes=3, fpn_channels=16, fpn_cell_repeats=1, box_class_repeats=1
+        name, num_classes=3, fpn_channels=16, fpn_cell_repeats=1, box_class_repeats=1
     )
+
+
+def _detector_reference(model, variables, x):
+    classes, boxes = jax.jit(model.apply)(variables, x)
+    return [np.asarray(a) for a in (*classes, *boxes)]
 
 
 def test_stablehlo_efficientdet_levels(tmp_path):
     """EfficientDet's raw P3-P7 class and box outputs through StableHLO, non-square, at a batch
-    size other than the verification's, named per level; ONNX is refused with a named error
-    (jax2onnx 0.17.1 cannot lower its max-pools) instead of jax2onnx's traceback."""
-    from flax_effnet.export.errors import ExportError
-
+    size other than the verification's, named per level."""
     model = _small_detector()
     size = (128, 256)
     variables = random_variables(model, 128)
@@ -168,16 +170,62 @@ def test_stablehlo_efficientdet_levels(tmp_path):
     save_stablehlo(exported, path)
     x = _batch(3, size, seed=5)
     got = run_stablehlo(load_stablehlo(path), x)
-    classes, boxes = jax.jit(model.apply)(variables, x)
-    ref = [np.asarray(a) for a in (*classes, *boxes)]
+    ref = _detector_reference(model, variables, x)
     assert len(got) == 10 and [g.shape for g in got] == [r.shape for r in ref]
     assert ref[0].shape == (3, 16, 32, 9 * 3) and ref[5].shape == (3, 16, 32, 9 * 4)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=0, atol=verify_tolerance(ref))
     from flax_effnet.export.graph import output_names
 
-    assert output_names(model, (classes, boxes)) == [
+    assert exported.out_avals[0].shape[1:] == (16, 32, 27)
+    assert output_names(model, ref) == [f"{kind}_p{level}" for kind in ("class", "box") for level in range(3, 8)]
+
+
+@pytest.mark.parametrize(
+    "name, size, layout",
+    [
+        ("tf_efficientdet_d0", (128, 256), "nchw"),  # TF SAME pool padding, non-square
+        ("efficientdet_d0", 192, "nhwc"),  # symmetric pool padding; P6 3x3 -> P7 2x2 pads
+    ],
+)
+def test_onnx_efficientdet_levels(tmp_path, name, size, layout):
+    """EfficientDet's P3-P7 outputs through ONNX Runtime, named per level, at two batch sizes;
+    every max-pool's padding is an explicit -inf Pad before a VALID MaxPool."""
+    model = _small_detector(name)
+    variables = random_variables(model, max(np.atleast_1d(size)))
+    proto = to_onnx(model, variables, input_size=size, layout=layout)
+    onnx.checker.check_model(proto)
+    assert [o.name for o in proto.graph.output] == [
         f"{kind}_p{level}" for kind in ("class", "box") for level in range(3, 8)
     ]
-    with pytest.raises(ExportError, match="jax2onnx cannot convert EfficientDet"):
-        to_onnx(model, variables, input_size=size)
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 6 and all(  # P5->P6, P6->P7, and the bottom-up path's P3->P4 ... P6->P7
+        not any(a.name == "pads" and any(a.ints) for a in n.attribute) for n in pools
+    )
+    path = tmp_path / f"{name}.onnx"
+    save_onnx(proto, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = _batch(n, size, seed=n)
+        ref = _detector_reference(model, variables, x)
+        got = session.run(None, {"images": _to_layout(x, layout)})
+        assert [g.shape for g in got] == [r.shape for r in ref]
+        worst = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref))
+        assert worst <= verify_tolerance(ref), (name, n, worst)
+
+
+def test_jax2onnx_failure_is_a_named_error(monkeypatch):
+    """An op jax2onnx cannot lower becomes one ExportError naming the model and the way out,
+    not jax2onnx's traceback."""
+    import jax2onnx
+
+    from flax_effnet.export.errors import ExportError
+
+    def fail(*args, **kwargs):
+        raise NotImplementedError("no plugin for primitive 'foo'")
+
+    monkeypatch.setattr(jax2onnx, "to_onnx", fail)
+    model = flax_effnet.create_model("mobilenetv1_100", num_classes=3)
+    with pytest.raises(ExportError, match=r"jax2onnx cannot convert MobileNetV1: NotImplementedError: "
+                       r"no plugin for primitive 'foo'; --to stablehlo"):
+        to_onnx(model, random_variables(model, 32), input_size=32)
