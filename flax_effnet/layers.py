@@ -345,10 +345,19 @@ def _batch_stats(x: jax.Array):
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 
+def silu(x: jax.Array) -> jax.Array:
+    """SiLU as x/2 * (1 + tanh(x/2)), the same function as `x * sigmoid(x)`: XLA:CPU lowers
+    the sigmoid to exp and a division, tanh to a vectorised rational approximation, which made
+    b0's eval forward 1.036x faster (8 interleaved repeats, batch 8, 2 cores; outputs within
+    float32 round-off of `nn.silu`'s)."""
+    half = 0.5 * x
+    return half + half * jnp.tanh(half)
+
+
 # The activations a BatchNormAct can end in, by name: EfficientNet's SiLU, MobileNet's ReLU6,
 # ReXNet's ReLU (its SE) and ReLU6.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": nn.silu,
+    "silu": silu,
     "relu": nn.relu,
     "relu6": nn.relu6,
 }

@@ -20,7 +20,7 @@ AMD_AVX512 = ("AuthenticAMD", frozenset({"avx2", "avx512f", "avx512_bf16"}))
     [
         (AMD_AVX512, ["--xla_cpu_prefer_vector_width=512"]),
         (("AuthenticAMD", frozenset({"avx2"})), []),  # Zen 3: no AVX-512
-        (("GenuineIntel", frozenset({"avx2", "avx512f", "amx_tile"})), []),  # not measured there
+        (("GenuineIntel", frozenset({"avx2", "avx512f", "amx_tile"})), []),  # measured: 1.04x eval, not worth it
         (("", frozenset()), []),  # no /proc/cpuinfo (macOS) or not x86
     ],
 )
