@@ -69,14 +69,16 @@ def network_ops(
     """The constructors for a network with these settings.
 
     'shift' (what 'auto' picks on CPU) is the CPU formulation: besides the depthwise conv, it
-    takes 1x1 weight gradients as 2-D matmuls, BatchNorm + activation gradients by hand, and
-    runs the 3-channel stem conv as a patch matmul. Params are the same either way.
+    takes 1x1 weight gradients as 2-D matmuls, BatchNorm + activation gradients by hand, SiLU
+    through tanh, and runs the 3-channel stem conv as a patch matmul. Params are the same
+    either way.
     """
     cpu_formulation = resolve_depthwise_impl(depthwise_impl) == "shift"
     return Ops(
         norm=functools.partial(
             BatchNormAct,
             fused_grad=cpu_formulation,
+            tanh_silu=cpu_formulation,
             use_running_average=not train,
             momentum=bn_momentum,
             epsilon=bn_epsilon,

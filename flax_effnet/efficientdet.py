@@ -39,7 +39,7 @@ from flax import linen as nn
 
 from flax_effnet.blocks import Ops, network_ops
 from flax_effnet.detection.anchors import AnchorSpec
-from flax_effnet.layers import DepthwiseImpl, Padding, pad_amounts, silu
+from flax_effnet.layers import DepthwiseImpl, Padding, pad_amounts
 from flax_effnet.model import EfficientNet, decode_variant, stage_channels
 from flax_effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
@@ -199,7 +199,7 @@ class FpnNode(nn.Module):
         x = terms[0]
         for t in terms[1:]:
             x = x + t
-        x = silu(x)
+        x = nn.silu(x)
         x = SeparableConv(self.features, self.padding, self.ops, self.redundant_bias, name="conv")(x)
         return self.ops.norm(name="bn")(x)
 

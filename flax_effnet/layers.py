@@ -345,11 +345,13 @@ def _batch_stats(x: jax.Array):
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 
-def silu(x: jax.Array) -> jax.Array:
-    """SiLU as x/2 * (1 + tanh(x/2)), the same function as `x * sigmoid(x)`: XLA:CPU lowers
-    the sigmoid to exp and a division, tanh to a vectorised rational approximation, which made
-    b0's eval forward 1.036x faster (8 interleaved repeats, batch 8, 2 cores; outputs within
-    float32 round-off of `nn.silu`'s)."""
+def silu_tanh(x: jax.Array) -> jax.Array:
+    """SiLU as x/2 * (1 + tanh(x/2)), the same function as `x * sigmoid(x)`, for XLA:CPU:
+    it lowers the sigmoid to exp and a division, tanh to a vectorised rational approximation,
+    which made b0's eval forward 1.036-1.05x faster (interleaved repeats, batch 8, 2 cores;
+    outputs within float32 round-off of `nn.silu`'s). Only the CPU formulation uses it: ONNX
+    Runtime fuses `x * sigmoid(x)` but not this form (b0 exported with it: 52 against 77
+    images/s), and the export is built from the 'conv' formulation."""
     half = 0.5 * x
     return half + half * jnp.tanh(half)
 
@@ -357,11 +359,13 @@ def silu(x: jax.Array) -> jax.Array:
 # The activations a BatchNormAct can end in, by name: EfficientNet's SiLU, MobileNet's ReLU6,
 # ReXNet's ReLU (its SE) and ReLU6.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": silu,
+    "silu": nn.silu,
     "relu": nn.relu,
     "relu6": nn.relu6,
 }
 Activation = Literal["silu", "relu", "relu6"] | bool | None
+# What BatchNormAct computes for a name: its CPU formulation's SiLU besides ACTIVATIONS.
+_ACTIVATION_IMPLS = {**ACTIVATIONS, "silu_tanh": silu_tanh}
 
 
 def activation_name(act: Activation) -> str | None:
@@ -378,7 +382,7 @@ def activation_name(act: Activation) -> str | None:
 
 def _act_derivative(act: str, y: jax.Array) -> jax.Array:
     """d act(y) / dy, as JAX differentiates `ACTIVATIONS[act]` (ReLU's kinks count as flat)."""
-    if act == "silu":
+    if act in ("silu", "silu_tanh"):
         sig = jax.nn.sigmoid(y)
         return sig * (1 + y * (1 - sig))
     if act == "relu":
@@ -391,7 +395,7 @@ def _act_derivative(act: str, y: jax.Array) -> jax.Array:
 def _normalize_act(x, mean, rstd, scale, bias, dtype, act):
     """flax's BatchNorm normalisation, operation for operation, then `act` in `dtype`."""
     y = ((x - mean) * (rstd * scale) + bias).astype(dtype)
-    return ACTIVATIONS[act](y) if act else y
+    return _ACTIVATION_IMPLS[act](y) if act else y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -441,22 +445,25 @@ class BatchNormAct(nn.BatchNorm):
     `act` names the activation ('silu', 'relu', 'relu6'; True is 'silu'; False/None: none).
     `fused_grad` trains through `batch_norm_act_train`'s hand-written gradient, for XLA:CPU,
     where BatchNorm + SiLU forward and backward took half of b0's train step (XLA profile,
-    batch 8, 2 cores). Otherwise, and always in eval mode, it is `nn.BatchNorm` then the
+    batch 8, 2 cores); `tanh_silu` computes SiLU as `silu_tanh`, also for XLA:CPU. Otherwise, and always in eval mode, it is `nn.BatchNorm` then the
     activation. Inputs may be (N, C) as well as NHWC: statistics are over all but the last axis.
     """
 
     act: Activation = False
     fused_grad: bool = False
+    tanh_silu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         act = activation_name(self.act)
+        if act == "silu" and self.tanh_silu:
+            act = "silu_tanh"
         running = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
         if running or not self.fused_grad:
             y = super().__call__(x, use_running_average)
-            return ACTIVATIONS[act](y) if act else y
+            return _ACTIVATION_IMPLS[act](y) if act else y
         defaults = (self.axis, self.axis_name, self.use_bias, self.use_scale)
         if defaults != (-1, None, True, True) or not self.use_fast_variance:
             raise ValueError(

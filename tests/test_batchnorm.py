@@ -43,12 +43,13 @@ class Ours(nn.Module):
     act: bool | str
     fused_grad: bool
     dtype: jnp.dtype = jnp.float32
+    tanh_silu: bool = False
 
     @nn.compact
     def __call__(self, x, train):
         bn = BatchNormAct(
             not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
-            act=self.act, fused_grad=self.fused_grad, name="bn",
+            act=self.act, fused_grad=self.fused_grad, tanh_silu=self.tanh_silu, name="bn",
         )
         return bn(x)
 
@@ -68,8 +69,10 @@ def _train_vjp(module, variables, x):
 
 # True is SiLU (EfficientNet's `act=True`); ReLU6 for MobileNet and ReXNet, ReLU for ReXNet's SE.
 @pytest.mark.parametrize("act", [False, True, "relu", "relu6"])
-@pytest.mark.parametrize("fused_grad", [False, True])
-def test_training_matches_flax_batchnorm(act, fused_grad):
+# tanh_silu (SiLU as x/2 (1 + tanh(x/2)), the CPU formulation's) with and without the
+# hand-written gradient: still nn.silu's outputs and gradients.
+@pytest.mark.parametrize("fused_grad, tanh_silu", [(False, False), (True, False), (True, True), (False, True)])
+def test_training_matches_flax_batchnorm(act, fused_grad, tanh_silu):
     x, params, stats, g = _data()
     if act == "relu6":
         # Spread the normalised outputs over (-12, 12), so both of ReLU6's kinks are crossed.
@@ -81,7 +84,7 @@ def test_training_matches_flax_batchnorm(act, fused_grad):
     for a, b in zip(jax.tree.leaves(ours_init), jax.tree.leaves(ref_init)):
         np.testing.assert_array_equal(a, b)
 
-    y, new_stats, vjp = _train_vjp(Ours(act, fused_grad), variables, x)
+    y, new_stats, vjp = _train_vjp(Ours(act, fused_grad, tanh_silu=tanh_silu), variables, x)
     ref_y, ref_stats, ref_vjp = _train_vjp(FlaxReference(act), variables, x)
     if act in ("relu", "relu6"):  # the data reaches every piece of the activation
         assert float(jnp.mean(ref_y == 0)) > 0.1 and float(jnp.mean(ref_y > 0)) > 0.1
@@ -100,11 +103,11 @@ def test_training_matches_flax_batchnorm(act, fused_grad):
 
 
 @pytest.mark.parametrize("act, fn", [(True, nn.silu), ("relu6", lambda y: jnp.clip(y, 0, 6))])
-@pytest.mark.parametrize("fused_grad", [False, True])
-def test_eval_uses_running_statistics(fused_grad, act, fn):
+@pytest.mark.parametrize("fused_grad, tanh_silu", [(False, False), (True, True)])
+def test_eval_uses_running_statistics(fused_grad, tanh_silu, act, fn):
     x, params, stats, _ = _data(1)
     variables = {"params": {"bn": params}, "batch_stats": {"bn": stats}}
-    y = Ours(act, fused_grad).apply(variables, x, False)
+    y = Ours(act, fused_grad, tanh_silu=tanh_silu).apply(variables, x, False)
     xhat = (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3)
     expected = fn(xhat * params["scale"] + params["bias"])
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
