@@ -141,8 +141,14 @@ class Contestant:
 
 # ----------------------------------------------------------------------------- ours
 
-def build_ours(args, peer, x_nhwc, labels, dtype):
-    """Eval and train contestants for flax_effnet; returns them and the eval logits fn.
+def _outputs(out) -> np.ndarray:
+    """A forward's outputs as one float32 vector: logits, or EfficientDet's ten head outputs."""
+    return np.concatenate([np.asarray(a, np.float32).ravel() for a in jax.tree.leaves(out)])
+
+
+def build_ours(args, peer, x_nhwc, labels, dtype, train: bool = True):
+    """Eval and (with `train`) train-step contestants for flax_effnet; the train step is
+    None without it (it needs a classifier's logits: EfficientDet runs eval only).
 
     With a peer, its weights come through `flax_effnet.convert` (the peer names are converter
     format names), which also sets padding and BN epsilon to match it.
@@ -173,9 +179,11 @@ def build_ours(args, peer, x_nhwc, labels, dtype):
     t2 = time.perf_counter()
     name = "flax_effnet" + ("" if dtype == jnp.float32 else f" {jnp.dtype(dtype).name}")
     ev = Contestant(name, lambda: fwd_c(variables, x), jax.block_until_ready,
-                    lambda: np.asarray(fwd_c(variables, x), np.float32))
+                    lambda: _outputs(fwd_c(variables, x)))
     ev.compile_s = t2 - t0
     ev.mem.update(_xla_memory(fwd_c))
+    if not train:
+        return ev, None
 
     # --- train step: value_and_grad + optax SGD with momentum, state donated
     tx = optax.sgd(args.lr, momentum=0.9)
@@ -424,7 +432,7 @@ def check_logits(evals: list[Contestant], reference: np.ndarray, strict: bool, o
     for c in evals:
         if c.logits is None:
             continue
-        diffs[c.name] = float(np.abs(c.logits() - reference).max())
+        diffs[c.name] = float(np.abs(np.ravel(c.logits()) - np.ravel(reference)).max())
         print(f"logits check: max |{c.name} - flax_effnet float32| = {diffs[c.name]:.2e}"
               + (f" (atol {LOGITS_ATOL:g})" if strict else
                  f" (max |logit| {float(np.abs(reference).max()):.2f})"))
@@ -558,12 +566,12 @@ def main(argv=None) -> int:
     only = args.only  # --isolate: one kind of contestant in this process
     evals, trains = [], []
     if only in (None, "ours"):
-        ours_eval, ours_train = build_ours(args, ref, x_nhwc, labels, jdtype)
+        ours_eval, ours_train = build_ours(args, ref, x_nhwc, labels, jdtype, train="train" in modes)
         evals.append(ours_eval)
-        trains.append(ours_train)
+        trains += [ours_train] if ours_train else []
     if jdtype != jnp.float32 and only in (None, "ours_f32"):
         # The bf16 target is against our own float32 eval, so it runs beside it.
-        f32_eval, _ = build_ours(args, ref, x_nhwc, labels, jnp.float32)
+        f32_eval, _ = build_ours(args, ref, x_nhwc, labels, jnp.float32, train=False)
         f32_eval.name = "flax_effnet float32"
         evals.append(f32_eval)
     for peer in peers if only in (None, "torch") else []:
