@@ -28,7 +28,7 @@ from flax_effnet.export import (
     to_stablehlo,
     verify_tolerance,
 )
-from flax_effnet.export.onnx_format import save_onnx
+from flax_effnet.export.onnx_format import onnx_session, save_onnx
 from flax_effnet.export.stablehlo import save_stablehlo
 from infer_helpers import random_variables
 
@@ -204,11 +204,11 @@ def test_onnx_efficientdet_levels(tmp_path, name, size, layout):
     )
     path = tmp_path / f"{name}.onnx"
     save_onnx(proto, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     for n in (1, 3):
         x = _batch(n, size, seed=n)
         ref = _detector_reference(model, variables, x)
-        got = session.run(None, {"images": _to_layout(x, layout)})
+        got = run_onnx(session, _to_layout(x, layout))
         assert [g.shape for g in got] == [r.shape for r in ref]
         worst = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref))
         assert worst <= verify_tolerance(ref), (name, n, worst)
