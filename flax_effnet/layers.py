@@ -227,6 +227,8 @@ class PointwiseConv(nn.Module):
     backward pass is 2.5-4x slower than the same contraction as a dot (b0 sizes, measured);
     the forward results are identical. `flat_weight_grad` takes the weight gradient through
     `pointwise_matmul`'s hand-written VJP (for XLA:CPU; no forward-mode autodiff through it).
+    `operand_dtype` (bf16) rounds the matmul's operands alone, keeping the product in
+    `dtype` (float32): see `_matmul_last_axis`.
     """
 
     features: int
@@ -239,6 +241,7 @@ class PointwiseConv(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     flat_weight_grad: bool = False
+    operand_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -254,48 +257,69 @@ class PointwiseConv(nn.Module):
         matmul = pointwise_matmul if self.flat_weight_grad else _matmul_last_axis
         if not self.use_bias:
             x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-            return matmul(x, kernel[0, 0])
+            return matmul(x, kernel[0, 0], self.operand_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return matmul(x, kernel[0, 0]) + bias
+        return matmul(x, kernel[0, 0], self.operand_dtype) + bias
 
 
-def _matmul_last_axis(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (..., C_in) @ w, accumulated in float32 for bf16/fp16 operands and rounded back.
+# AMX multiplies bf16 tiles 32 values deep. Below that depth YNNPACK's bf16 matmul (float32
+# product) was slower than its float32 one on b0's shapes: (100352, 16) x (16, 96) 14.5 vs
+# 13.5 ms, the stem's (100352, 27) x (27, 32) 2.8 vs 1.6 ms; from 32 up it was 1.2-4x faster.
+_MIN_ROUNDED_DEPTH = 32
+
+
+def _round_operand(x: jax.Array, operand_dtype: Dtype | None, depth: int) -> jax.Array:
+    """`x` in `operand_dtype` when a matmul contracting `depth` values gains from it, else `x`."""
+    if operand_dtype is None or depth < _MIN_ROUNDED_DEPTH:
+        return x
+    return x.astype(operand_dtype)
+
+
+def _matmul_last_axis(x: jax.Array, w: jax.Array, operand_dtype: Dtype | None = None) -> jax.Array:
+    """x (..., C_in) @ w in x's dtype, accumulated in float32 for bf16/fp16 operands.
 
     XLA:CPU's library matmul (YNNPACK) takes bf16 operands natively only when the product is
     float32; a bf16 product made it convert both operands to float32 first and multiply those.
+    `operand_dtype` (bf16) rounds float32 operands for the product alone, which then runs on
+    AMX / AVX512-BF16 (`_round_operand`), and the result stays float32.
     """
+    out_dtype = x.dtype
+    depth = x.shape[-1]
+    x, w = _round_operand(x, operand_dtype, depth), _round_operand(w, operand_dtype, depth)
     out = jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
                               preferred_element_type=_compute_dtype(x.dtype))
-    return out.astype(x.dtype)
+    return out.astype(out_dtype)
 
 
-@jax.custom_vjp
-def pointwise_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise_matmul(x: jax.Array, w: jax.Array, operand_dtype: Dtype | None = None) -> jax.Array:
     """x (..., C_in) @ w (C_in, C_out), with the weight gradient taken as one 2-D matmul.
 
     Autodiff writes d/dw as a dot contracting x's and g's (N, H, W) axes; XLA:CPU answers that
     by materialising a transposed (C_out, N*H*W) copy of g through a strided loop, which cost
     more than the matmul itself (b0: 60-90 ms per step for one layer). Flattening both to
     (N*H*W, C) first gives a plain x^T g that needs no copy: b0's train step 1.25x faster.
+    With `operand_dtype`, all three products round their operands as `_matmul_last_axis`
+    does, and x is kept for the backward pass already rounded (half the memory for bf16).
     """
-    return _matmul_last_axis(x, w)
+    return _matmul_last_axis(x, w, operand_dtype)
 
 
-def _pointwise_fwd(x, w):
-    return _matmul_last_axis(x, w), (x, w)
+def _pointwise_fwd(x, w, operand_dtype):
+    kept = _round_operand(x, operand_dtype, x.shape[-1])
+    return _matmul_last_axis(x, w, operand_dtype), (kept, w)
 
 
-def _pointwise_bwd(residuals, g):
-    x, w = residuals
-    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())),
-                             preferred_element_type=_compute_dtype(g.dtype))
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+def _pointwise_bwd(operand_dtype, residuals, g):
+    x, w = residuals  # g has the primal x's dtype (the product's); x may be rounded
+    dx = _matmul_last_axis(g, w.T, operand_dtype)
+    # d/dw contracts N*H*W values; its operands in the dtype the forward product used.
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]).astype(x.dtype)
     dw = jax.lax.dot_general(
         x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
     )
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return dx, dw.astype(w.dtype)
 
 
 pointwise_matmul.defvjp(_pointwise_fwd, _pointwise_bwd)

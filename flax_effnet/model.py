@@ -91,7 +91,7 @@ class EfficientNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
+        x = x.astype(ops.dtype)
         x = ConvBN(net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, name="stem")(x)
         stage_outputs = {}  # stage -> output of its last block
         for spec in net.blocks:

@@ -242,7 +242,7 @@ class ReXNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
+        x = x.astype(ops.dtype)
         x = ConvBN(
             net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, "silu", name="stem"
         )(x)

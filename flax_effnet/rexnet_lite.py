@@ -107,7 +107,7 @@ class ReXNetLite(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
+        x = x.astype(ops.dtype)
         x = ConvBN(
             net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, "relu6", name="stem"
         )(x)
@@ -123,7 +123,7 @@ class ReXNetLite(nn.Module):
         )(x)
         x = global_pool(x)
         x = PreLogits(
-            PRE_LOGITS_CHANNELS, ops.norm, self.dtype, self.param_dtype, name="pre_logits"
+            PRE_LOGITS_CHANNELS, ops.norm, ops.dtype, self.param_dtype, name="pre_logits"
         )(x)
         if not self.num_classes:
             return x.astype(jnp.float32)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -123,6 +124,17 @@ TINY = {
 }
 
 
+def bf16_matmuls(jaxpr) -> int:
+    """How many dot_generals in `jaxpr` (and the jaxprs inside it) multiply bf16 operands."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            count += all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += bf16_matmuls(sub)
+    return count
+
+
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_module_contract(family):
     """Logits, pooled features, stage outputs and bf16 compute, by shape and dtype (eval_shape:
@@ -137,19 +149,22 @@ def test_module_contract(family):
     assert features.shape == (2, width) and features.dtype == jnp.float32
     stages = jax.eval_shape(functools.partial(model.apply, return_stages=True), variables, x)
     assert [s.shape[1:3] for s in stages] == [(64 // k, 96 // k) for k in strides]
-    # bf16 compute: every block computes in bf16, params stay float32, logits are float32.
-    bf16 = model.clone(dtype=jnp.bfloat16)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes_of(bf16)))
-    out, state = jax.eval_shape(
-        functools.partial(bf16.apply, capture_intermediates=True, mutable=["intermediates"]),
-        variables,
-        x,
-    )
-    blocks = [
-        v["__call__"][0] for k, v in state["intermediates"].items() if k.startswith("blocks_")
-    ]
-    assert blocks and all(b.dtype == jnp.bfloat16 for b in blocks)
-    assert out.dtype == jnp.float32
+    # bf16 compute: params stay float32, logits are float32. With 'conv' every block computes
+    # in bf16; the CPU formulation keeps blocks float32 and gives the matmuls bf16 operands.
+    for impl, block_dtype in (("conv", jnp.bfloat16), ("shift", jnp.float32)):
+        bf16 = model.clone(dtype=jnp.bfloat16, depthwise_impl=impl)
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes_of(bf16)))
+        out, state = jax.eval_shape(
+            functools.partial(bf16.apply, capture_intermediates=True, mutable=["intermediates"]),
+            variables,
+            x,
+        )
+        blocks = [
+            v["__call__"][0] for k, v in state["intermediates"].items() if k.startswith("blocks_")
+        ]
+        assert blocks and all(b.dtype == block_dtype for b in blocks)
+        assert out.dtype == jnp.float32
+        assert bf16_matmuls(jax.make_jaxpr(bf16.apply)(variables, x).jaxpr) > 0
     # Train mode: batch statistics are updated, stochastic depth and dropout need their RNGs.
     train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
     rngs = {"dropout": jax.random.key(0), "drop_path": jax.random.key(1)}

@@ -50,6 +50,39 @@ def test_bfloat16_compute_keeps_float32_params(flat_weight_grad):
     np.testing.assert_allclose(grads["params"]["kernel"][0, 0], jnp.full((2, 3), 9.0), rtol=1e-2)
 
 
+def _bf16(a):
+    return jnp.asarray(a, jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("flat_weight_grad", [False, True])
+@pytest.mark.parametrize("c_in, c_out", [(40, 36), (8, 4)])
+def test_bf16_operands_float32_product(flat_weight_grad, c_in, c_out):
+    """`operand_dtype`: every product (forward, d/dx, d/dw) multiplies bf16-rounded operands
+    into a float32 result where its contraction is 32 deep or more, exactly float32 below.
+    Without `flat_weight_grad`, autodiff rounds the gradients of the rounded operands to bf16
+    once more, so they are compared within bf16's precision."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, c_in)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 5, 7, c_out)), jnp.float32)
+    module = PointwiseConv(c_out, operand_dtype=jnp.bfloat16, flat_weight_grad=flat_weight_grad)
+    variables = module.init(jax.random.key(0), x)
+    w = variables["params"]["kernel"][0, 0]
+    out, vjp = jax.vjp(lambda w, x: module.apply({"params": {"kernel": w[None, None]}}, x), w, x)
+    dw, dx = vjp(g)
+    assert out.dtype == dx.dtype == dw.dtype == jnp.float32
+    hp = jax.lax.Precision.HIGHEST
+    fwd = (_bf16(x), _bf16(w)) if c_in >= 32 else (x, w)
+    back = (_bf16(g), _bf16(w)) if c_out >= 32 else (g, w)
+    grad_w = (_bf16(x), _bf16(g)) if c_in >= 32 else (x, g)
+    tol = 1e-5 if flat_weight_grad or c_in < 32 else 2e-2
+    np.testing.assert_allclose(out, jnp.einsum("nhwc,cd->nhwd", *fwd, precision=hp), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, jnp.einsum("nhwd,cd->nhwc", *back, precision=hp), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, jnp.einsum("nhwc,nhwd->cd", *grad_w, precision=hp),
+                               rtol=tol, atol=tol * 10)
+    if c_in >= 32:  # the rounding is visible: float32 operands give another product
+        assert float(jnp.abs(out - jnp.einsum("nhwc,cd->nhwd", x, w, precision=hp)).max()) > 1e-3
+
+
 @pytest.mark.parametrize(
     "kwargs", [dict(kernel_size=(3, 3)), dict(strides=2), dict(padding=[(1, 1), (1, 1)])]
 )
