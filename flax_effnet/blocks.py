@@ -68,9 +68,12 @@ def activation_dtype(cpu_formulation: bool, dtype: Dtype) -> Dtype:
     XLA:CPU has no bf16 vector arithmetic: with bf16 activations every elementwise loop
     (BatchNorm, SiLU, the depthwise sums) converts each value it reads and writes, which made
     b0's bf16 eval 0.89x as fast as float32's, while its matmuls, given bf16 operands and a
-    float32 product, run on AMX / AVX512-BF16. Rounding the matmul operands alone: eval
-    1.21x float32's (batch 8, 224 px, 2 cores of a Xeon with AMX, interleaved repeats), and
-    the logits nearer float32's (max difference 0.6% of the largest logit, full bf16 1.0%).
+    float32 product, run on AMX / AVX512-BF16 (a (6272, 480) x (480, 80) product 4.5x faster
+    than float32's). Rounding the matmul operands alone: eval 1.12-1.37x float32's in
+    `benchmarks/bench_throughput.py --dtype bfloat16` (batch 8, 224 px, 2 cores of a Xeon
+    with AMX; four runs), with the logits nearer float32's (max difference 0.6% of the
+    largest logit, full bf16 1.0%). The train step gains nothing (1.00x): its elementwise
+    work and reductions outweigh its matmuls.
     """
     if cpu_formulation and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16:
         return jnp.float32

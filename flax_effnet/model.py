@@ -46,6 +46,8 @@ class EfficientNet(nn.Module):
         only speed differs. 'shift' has hand-written gradients, so forward-mode autodiff
         (jax.jvp) needs 'conv'.
       dtype: compute dtype (e.g. jnp.bfloat16); params stay `param_dtype`, logits are float32.
+        In the CPU formulation bf16 rounds only the 1x1 matmuls' operands (AMX) and keeps
+        activations float32 (`blocks.activation_dtype` says why).
     """
 
     variant: str | VariantSpec = "b0"
