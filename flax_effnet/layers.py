@@ -273,8 +273,9 @@ class PointwiseConv(nn.Module):
 
 
 # AMX multiplies bf16 tiles 32 values deep. Below that depth YNNPACK's bf16 matmul (float32
-# product) was slower than its float32 one on b0's shapes: (100352, 16) x (16, 96) 14.5 vs
-# 13.5 ms, the stem's (100352, 27) x (27, 32) 2.8 vs 1.6 ms; from 32 up it was 1.2-4x faster.
+# product) was slower than its float32 one on b0's shapes, (100352, 16) x (16, 96) 14.5 vs
+# 13.5 ms and the stem's (100352, 27) x (27, 32) 2.8 vs 1.6 ms, though 24-deep ones gained
+# (1.36x; b0 eval the same with 24 or 32 here); from 32 up it was 1.2-4.5x faster.
 _MIN_ROUNDED_DEPTH = 32
 
 
