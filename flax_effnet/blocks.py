@@ -71,7 +71,7 @@ def activation_dtype(cpu_formulation: bool, dtype: Dtype) -> Dtype:
     float32 product, run on AMX / AVX512-BF16 (a (6272, 480) x (480, 80) product 4.5x faster
     than float32's). Rounding the matmul operands alone: eval 1.12-1.37x float32's in
     `benchmarks/bench_throughput.py --dtype bfloat16` (batch 8, 224 px, 2 cores of a Xeon
-    with AMX; four runs), with the logits nearer float32's (max difference 0.6% of the
+    with AMX; five runs), with the logits nearer float32's (max difference 0.6% of the
     largest logit, full bf16 1.0%). The train step gains nothing (1.00x): its elementwise
     work and reductions outweigh its matmuls.
     """
