@@ -456,17 +456,34 @@ def _batch_norm_act_fwd(x, scale, bias, epsilon, dtype, act):
 
 
 def _batch_norm_act_bwd(epsilon, dtype, act, residuals, cotangents):
+    """The textbook gradient, written so that no full-size tensor but g' is materialised.
+
+    x_hat = (x - mean) * rstd appears only inside the reduction for dscale; the
+    pre-activation and dx are per-channel affine functions of x (`k * x + shift`). Written
+    with x_hat in all three places, XLA:CPU materialised it and the reduction read it instead
+    of x: one more write and read of every BatchNorm's input per train step. Measured on b0
+    (batch 8, 2 cores): BatchNorm backward kernels 248 -> 221 ms of XLA profile time, train
+    step 1.018x (median of 80 interleaved rounds, IQR 0.97-1.06), gradients within 1e-8.
+    The affine forms round like the forward's one-pass variance: their error grows with
+    |mean| / std, which is harmless in float32.
+    """
     x, mean, rstd, scale, bias = residuals
     g = cotangents[0].astype(mean.dtype)
-    x_hat = (x - mean) * rstd
+    k = scale * rstd  # per channel
     if act:
-        # The pre-activation exactly as the forward pass rounded it to `dtype`.
-        y = (x_hat * scale + bias).astype(dtype).astype(g.dtype)
+        y = (x * k + (bias - mean * k)).astype(dtype).astype(g.dtype)
         g = g * _act_derivative(act, y)
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
-    dbias, dscale = g.sum(axes), (g * x_hat).sum(axes)
-    dx = (scale * rstd) * (g - dbias / n - x_hat * (dscale / n))
+    dbias = g.sum(axes)
+    # Behind the barrier the mean is opaque to XLA's loop fusion, which otherwise fuses its
+    # computation (sum * 1/n) into x - mean and materialises that instead of leaving the
+    # subtraction to the fused multiply-reduce.
+    dscale = (g * (x - jax.lax.optimization_barrier(mean))).sum(axes) * rstd
+    # dx = k * (g - mean(g) - x_hat * mean(g * x_hat)) = k * g + b * x + c, per channel b, c.
+    b = -k * rstd * dscale / n
+    c = -k * dbias / n - b * mean
+    dx = k * g + b * x + c
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
