@@ -164,14 +164,27 @@ def _depthwise_shift_fwd(x, kernel, stride, padding):
     return _correlate(x, kernel, stride, padding), (x, kernel)
 
 
+def _kernel_grad_axes(k: int, batch: int) -> tuple[int, ...]:
+    """The axes of the fused pass that sums d/dkernel's k*k products (NHWC).
+
+    Over the batch only when that leaves at most 1.25x the input's size in partial sums
+    (k*k per batch element): XLA:CPU's loop then runs over (H, W, C) outputs and is several
+    times faster. Otherwise over (H, W), keeping (N, C). Measured on b0 (batch 8, 224 px,
+    2 cores, XLA profile): the 3x3 kernels' passes 17.3/15.1/7 ms -> 3.5/2.8/2.5 ms, the 5x5
+    ones 25% faster than reducing over (N, W) as before; all d/dkernel passes 139 -> 72 ms;
+    train step 1.099x (median of 60 interleaved rounds, IQR 1.07-1.14), gradients within 2e-9.
+    """
+    return (0,) if k * k <= 1.25 * batch else (1, 2)
+
+
 def _depthwise_shift_bwd(stride, padding, residuals, g):
     """d/dx by `_depthwise_input_grad`; d/dkernel in one fused pass.
 
     d/dkernel[i, j, c] = sum over (n, h, w) of window_ij * g. Autodiff emits k*k separate
     reductions, each reading g and x again (25 passes for k=5); one variadic reduce computes
-    all k*k sums in one fused pass. It reduces over (N, W) first and keeps H, so the pass has
-    H*C independent outputs to spread over threads, then sums the small (H, C) partials.
-    Measured on b0 (batch 8, 224 px, 2 cores): train step 1.26x faster, half the temp memory.
+    all k*k sums in one fused pass (train step 1.26x, half the temp memory), then the small
+    partial sums are summed. Which axes that pass reduces matters to XLA:CPU's reduction
+    loop: `_kernel_grad_axes`.
     """
     x, kernel = residuals
     k = kernel.shape[0]
@@ -181,10 +194,12 @@ def _depthwise_shift_bwd(stride, padding, residuals, g):
     windows = _shifted_windows(x, k, k, stride, padding)
     products = tuple(w.astype(jnp.float32) * g32 for w in windows)
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
+    axes = _kernel_grad_axes(k, x.shape[0])
     partial_sums = jax.lax.reduce(
-        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 2)
+        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes
     )
-    dkernel = jnp.stack([p.sum(0) for p in partial_sums]).reshape(kernel.shape)
+    channel_sums = [p.reshape(-1, p.shape[-1]).sum(0) for p in partial_sums]
+    dkernel = jnp.stack(channel_sums).reshape(kernel.shape)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 

@@ -30,7 +30,10 @@ def _run(impl, x, kernel, k, stride, padding):
 @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
 def test_outputs_and_gradients_match_grouped_conv(impl, k, stride, padding, size):
     rng = np.random.default_rng(k * 100 + stride * 10 + size[1])
-    x = jnp.asarray(rng.standard_normal((2, *size, 6)), jnp.float32)
+    # Batch 8 and 2: d/dkernel's fused sum reduces over the batch only for 3x3 at batch 8
+    # (`layers._kernel_grad_axes`), over (H, W) otherwise; both are held to the reference.
+    batch = 8 if size == (9, 7) else 2
+    x = jnp.asarray(rng.standard_normal((batch, *size, 6)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((k, k, 1, 6)), jnp.float32)
 
     def f(impl):
