@@ -385,12 +385,41 @@ class PatchConv(nn.Module):
         return pointwise_matmul(patches, kernel.reshape(-1, self.features))
 
 
+def _channel_sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
+    """Per-channel sums over all but the last axis of same-shape tensors, in one pass.
+
+    XLA:CPU gave each `x.sum(axes)` a YNNPACK reduction of its own, one pass over memory per
+    sum. Here the (M, C) rows are viewed as (r, M / r, C) and one variadic reduce adds the r
+    blocks elementwise, a pass XLA's loop vectorises along (M / r) * C outputs, reading each
+    element once for all the sums; the small partial sums are then summed. r = 16 (the
+    largest power of two up to 16 dividing M): on b0's BatchNorm shapes (batch 8, 2 cores,
+    AMD Zen 5) sum(x) and sum(x * x) took 1.5-1.7x less time than the two reductions, while
+    r = 32 was slower at 14x14 and r = 64 several times slower everywhere. Each sum adds r
+    partial sums of M / r values, as accurate as the library's (relative 2e-7 in float32).
+    Used for the training statistics, train step (A/B, 1-1.5 s rounds interleaved): b0 1.03x
+    (IQR 0.99-1.08), mobilenetv2_100 1.05x, rexnet_100 1.03x, b0 at batch 1 1.00x. Not for the
+    backward pass's two sums: there XLA fused the sums' producers (the depthwise input
+    gradient, the activation's derivative) into the reduce and computed them again for dx,
+    and the train step ran 0.65-0.70x as fast, with or without an optimization barrier.
+    """
+    c = terms[0].shape[-1]
+    m = terms[0].size // c
+    r = next(r for r in (16, 8, 4, 2, 1) if m % r == 0)
+    blocks = tuple(t.reshape(r, m // r, c) for t in terms)
+    zeros = tuple(jnp.zeros((), t.dtype) for t in blocks)
+    partial_sums = jax.lax.reduce(
+        blocks, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,)
+    )
+    return tuple(p.sum(0) for p in partial_sums)
+
+
 def _batch_stats(x: jax.Array):
     """Mean and variance over all but the channel axis, as flax's BatchNorm takes them: in
     float32, one pass (E[x^2] - E[x]^2), negative round-off clipped to 0."""
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    axes = tuple(range(x.ndim - 1))
-    mean, mean2 = x32.mean(axes), (x32 * x32).mean(axes)
+    n = x.size // x.shape[-1]
+    total, total2 = _channel_sums(x32, x32 * x32)
+    mean, mean2 = total / n, total2 / n
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 

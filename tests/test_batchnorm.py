@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flax_effnet.layers import ACTIVATIONS, BatchNormAct, activation_name
+from flax_effnet.layers import ACTIVATIONS, BatchNormAct, _channel_sums, activation_name
 
 SHAPE = (3, 5, 6, 7)
 
@@ -171,3 +171,17 @@ def test_unknown_activation_is_named():
     x, *_ = _data()
     with pytest.raises(ValueError, match="activation must be one of.*'gelu'"):
         BatchNormAct(use_running_average=True, act="gelu").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 5), (8, 7, 7, 3), (3, 5, 7, 4), (1, 1, 1, 6), (6, 5)])
+def test_channel_sums_match_numpy(shape):
+    """Every blocking `_channel_sums` picks (16, 8 and 1 rows per block here, NHWC and
+    (N, C)) sums each channel over all other axes, in one pass for several tensors."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(shape) + rng.uniform(-2, 2, shape[-1])
+    b = rng.standard_normal(shape)
+    sums = _channel_sums(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    axes = tuple(range(len(shape) - 1))
+    for got, want in zip(sums, (a.sum(axes), b.sum(axes)), strict=True):
+        assert got.shape == (shape[-1],)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
