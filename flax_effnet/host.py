@@ -68,9 +68,10 @@ def recommended_xla_cpu_flags(cpu: tuple[str, frozenset[str]] | None = None) -> 
     operations at full clock): b0 eval forward 1.14x in CPU time (float32, batch 8, 224 px, 2
     cores; `benchmarks/bench_xla_flags.py`), train step unchanged, outputs within float32
     round-off; on a quiet Zen 5, eval 1.09x and train 1.02x (wall clock). XLA's default,
-    256, is kept elsewhere: on an Intel Xeon with AMX (Sapphire Rapids class) the same script gave eval 1.04x and train 1.01x on a quiet machine (1.12x
-    and 0.95x under load), too little to set a flag for; older Intel cores lower their clock
-    under heavy 512-bit code and were not measured. `--xla_cpu_use_onednn=true` (read from
+    256, is kept elsewhere: on an Intel Xeon with AMX (Sapphire Rapids class) the same script
+    gave eval 1.04x and train 1.01x on a quiet machine (1.12x and 0.95x under load), too
+    little to set a flag for; older Intel cores lower their clock under heavy 512-bit code
+    and were not measured. `--xla_cpu_use_onednn=true` (read from
     `XLA_FLAGS` only) gave 1.01-1.27x there in separate processes whose unflagged runs varied
     from 54 to 75 img/s, so it is not set either. oneDNN, XNNPACK graph fusion, YNNPACK fusion
     types, fast math, the FAST_RUNTIME preset and the schedulers made nothing faster here (the
