@@ -175,8 +175,8 @@ def test_unknown_activation_is_named():
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 5), (8, 7, 7, 3), (3, 5, 7, 4), (1, 1, 1, 6), (6, 5)])
 def test_channel_sums_match_numpy(shape):
-    """Every blocking `_channel_sums` picks (16, 8 and 1 rows per block here, NHWC and
-    (N, C)) sums each channel over all other axes, in one pass for several tensors."""
+    """Every blocking `_channel_sums` picks (16, 8, 1 and 2 blocks of rows here, NHWC and
+    (N, C)) sums each channel over all other axes, for several tensors at once."""
     rng = np.random.default_rng(5)
     a = rng.standard_normal(shape) + rng.uniform(-2, 2, shape[-1])
     b = rng.standard_normal(shape)
