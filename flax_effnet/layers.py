@@ -393,8 +393,9 @@ def _channel_sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
     blocks elementwise, a pass XLA's loop vectorises along (M / r) * C outputs, reading each
     element once for all the sums; the small partial sums are then summed. r = 16 (the
     largest power of two up to 16 dividing M): on b0's BatchNorm shapes (batch 8, 2 cores,
-    AMD Zen 5) sum(x) and sum(x * x) took 1.5-1.7x less time than the two reductions, while
-    r = 32 was slower at 14x14 and r = 64 several times slower everywhere. Each sum adds r
+    AMD Zen 5) sum(x) and sum(x * x) took 1.4-1.9x less time than the two reductions from
+    14x14 up and about the same at 7x7, while r = 32 was slower at 14x14 and r = 64 several
+    times slower everywhere. Each sum adds r
     partial sums of M / r values, as accurate as the library's (relative 2e-7 in float32).
     Used for the training statistics, train step (A/B, 1-1.5 s rounds interleaved): b0 1.03x
     (IQR 0.99-1.08), mobilenetv2_100 1.05x, rexnet_100 1.03x, b0 at batch 1 1.00x. Not for the
