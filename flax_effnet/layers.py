@@ -164,6 +164,19 @@ def _depthwise_shift_fwd(x, kernel, stride, padding):
     return _correlate(x, kernel, stride, padding), (x, kernel)
 
 
+def _fused_channel_sums(
+    terms: tuple[jax.Array, ...], axes: tuple[int, ...]
+) -> tuple[jax.Array, ...]:
+    """Per-channel (last-axis) sums of same-shape tensors: one variadic reduce over `axes`
+    computes every term's partial sums in a single fused pass, then the small partials are
+    summed. Which `axes` that pass takes decides how fast XLA:CPU's reduction loop runs."""
+    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
+    partial_sums = jax.lax.reduce(
+        terms, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes
+    )
+    return tuple(p.reshape(-1, p.shape[-1]).sum(0) for p in partial_sums)
+
+
 def _kernel_grad_axes(k: int, batch: int) -> tuple[int, ...]:
     """The axes of the fused pass that sums d/dkernel's k*k products (NHWC).
 
@@ -193,12 +206,7 @@ def _depthwise_shift_bwd(stride, padding, residuals, g):
     g32 = g.astype(jnp.float32)
     windows = _shifted_windows(x, k, k, stride, padding)
     products = tuple(w.astype(jnp.float32) * g32 for w in windows)
-    zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
-    axes = _kernel_grad_axes(k, x.shape[0])
-    partial_sums = jax.lax.reduce(
-        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes
-    )
-    channel_sums = [p.reshape(-1, p.shape[-1]).sum(0) for p in partial_sums]
+    channel_sums = _fused_channel_sums(products, _kernel_grad_axes(k, x.shape[0]))
     dkernel = jnp.stack(channel_sums).reshape(kernel.shape)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
@@ -395,24 +403,19 @@ def _channel_sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
     largest power of two up to 16 dividing M): on b0's BatchNorm shapes (batch 8, 2 cores,
     AMD Zen 5) sum(x) and sum(x * x) took 1.4-1.9x less time than the two reductions from
     14x14 up and about the same at 7x7, while r = 32 was slower at 14x14 and r = 64 several
-    times slower everywhere. Each sum adds r
-    partial sums of M / r values, as accurate as the library's (relative 2e-7 in float32).
-    Used for the training statistics, train step (A/B, 1-1.5 s rounds interleaved): b0 1.03x
-    (IQR 0.99-1.08), mobilenetv2_100 1.05x, rexnet_100 1.03x, b0 at batch 1 1.00x. Not for the
-    backward pass's two sums: there XLA fused the sums' producers (the depthwise input
-    gradient, the activation's derivative) into the reduce and computed them again for dx,
-    and the train step ran 0.65-0.70x as fast; an optimization barrier on g' did not stop
-    that (in a small test XLA:CPU fused across the barrier too).
+    times slower everywhere. Each sum adds r partial sums of M / r values, as accurate as the
+    library's (relative 2e-7 in float32). Used for the training statistics, train step (A/B,
+    1-1.5 s rounds interleaved): b0 1.03x (IQR 0.99-1.08), mobilenetv2_100 1.05x, rexnet_100
+    1.03x, b0 at batch 1 1.00x. Not for the backward pass's two sums: there XLA fused the
+    sums' producers (the depthwise input gradient, the activation's derivative) into the
+    reduce and computed them again for dx, and the train step ran 0.65-0.70x as fast; an
+    optimization barrier on g' did not stop that (in a small test XLA:CPU fused across the
+    barrier too).
     """
     c = terms[0].shape[-1]
     m = terms[0].size // c
     r = next(r for r in (16, 8, 4, 2, 1) if m % r == 0)
-    blocks = tuple(t.reshape(r, m // r, c) for t in terms)
-    zeros = tuple(jnp.zeros((), t.dtype) for t in blocks)
-    partial_sums = jax.lax.reduce(
-        blocks, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,)
-    )
-    return tuple(p.sum(0) for p in partial_sums)
+    return _fused_channel_sums(tuple(t.reshape(r, m // r, c) for t in terms), (0,))
 
 
 def _batch_stats(x: jax.Array):
