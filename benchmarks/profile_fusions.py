@@ -1,10 +1,15 @@
 """Where XLA:CPU spends a model's eval forward or train step: time per fused kernel.
 
 Runs the jitted function under `jax.profiler.trace` (a Perfetto trace, no TensorBoard
-needed), sums each XLA thunk's duration over the traced calls, and prints the slowest
+needed), takes each XLA thunk's median duration over the traced calls, and prints the slowest
 kernels and the totals per kind of fusion (`ynn_fusion` are YNNPACK matmuls, the loop
 fusions are named by XLA after their ops, e.g. `divide_multiply_fusion`). The compiled HLO
 is written beside the trace, to look a fusion up by name.
+
+Medians, not means: on a shared 2-core VM a kernel now and then takes 4-10 times its usual
+time (b0's 16-to-96-channel expansion: 4.0, 4.1, 17.6 and 41.2 ms in four of five calls),
+which made the mean per kernel, and the per-kind totals, overstate the kernels that happened
+to be running then. The mean total is printed beside the median one, to show how much that was.
 
     python benchmarks/profile_fusions.py                         # b0 eval, batch 8, f32
     python benchmarks/profile_fusions.py --model rexnet_100 --mode train --out /tmp/prof
@@ -19,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 
 import jax
@@ -27,7 +33,6 @@ import numpy as np
 
 from flax_effnet import create_model, model_entry
 from flax_effnet.host import keep_freed_memory, set_xla_cpu_flags
-
 
 
 def hlo_instruction_names(hlo_text: str) -> set[str]:
@@ -43,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=None, help="default: the model's input size")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--calls", type=int, default=5, help="traced calls (times are per call)")
+    p.add_argument("--calls", type=int, default=7, help="traced calls (times are per call)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default="profile_out", help="trace and HLO go here")
     return p.parse_args(argv)
@@ -68,17 +73,24 @@ def build(args):
     return jax.jit(jax.grad(loss, has_aux=True)), (variables["params"], variables["batch_stats"], x)
 
 
-def kernel_times(trace_dir: str, kernels: set[str]) -> collections.Counter:
-    """Microseconds per kernel (an HLO instruction name), summed over the trace's events."""
+def kernel_durations(trace_dir: str, kernels: set[str]) -> dict[str, list[float]]:
+    """Each kernel's (an HLO instruction name) event durations in ms, in trace order."""
     # The newest: each run adds a timestamped run directory under trace_dir.
     path = max(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
     with gzip.open(path) as f:
         events = json.load(f)["traceEvents"]
-    totals = collections.Counter()
+    durations = collections.defaultdict(list)
     for e in events:
         if e.get("ph") == "X" and e["name"] in kernels:
-            totals[e["name"]] += e["dur"]
-    return totals
+            durations[e["name"]].append(e["dur"] / 1000)
+    return durations
+
+
+def per_call_ms(
+    durations: dict[str, list[float]], calls: int, typical=statistics.median
+) -> dict[str, float]:
+    """ms per call of each kernel: its `typical` event duration times its events per call."""
+    return {k: typical(v) * len(v) / calls for k, v in durations.items()}
 
 
 def main(argv=None) -> int:
@@ -96,10 +108,12 @@ def main(argv=None) -> int:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         for _ in range(args.calls):
             jax.block_until_ready(fn(*fn_args))
-    totals = kernel_times(trace_dir, hlo_instruction_names(hlo))
-    per_call = {k: v / args.calls / 1000 for k, v in totals.items()}
+    durations = kernel_durations(trace_dir, hlo_instruction_names(hlo))
+    per_call = per_call_ms(durations, args.calls)
+    mean_total = sum(per_call_ms(durations, args.calls, statistics.fmean).values())
     print(f"{args.model} {args.mode}, batch {args.batch}, {args.dtype}: "
-          f"{sum(per_call.values()):.1f} ms of kernels per call ({args.calls} traced calls)")
+          f"{sum(per_call.values()):.1f} ms of kernels per call, each kernel's median over "
+          f"{args.calls} traced calls (means: {mean_total:.1f} ms)")
     for name, ms in sorted(per_call.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {ms:8.2f} ms  {name}")
     kinds = collections.Counter()
