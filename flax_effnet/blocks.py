@@ -30,6 +30,7 @@ from flax_effnet.layers import (
     SqueezeExcite,
     conv_init,
     dense_init,
+    global_pool,
     resolve_depthwise_impl,
     spatial_padding,
 )
@@ -49,6 +50,7 @@ class Ops:
       depthwise: `DepthwiseConv(kernel_size, stride, padding)`.
       stem_conv: the 3-channel stem conv (`PatchConv` in the CPU formulation, else `nn.Conv`).
       se: `SqueezeExcite(reduced_channels, ...)`.
+      pool: the global average pool, (N, H, W, C) -> (N, C) float32 (SE's and the head's).
       dtype: the dtype activations travel in between these layers; a network casts its input
         to it.
     """
@@ -58,6 +60,7 @@ class Ops:
     depthwise: ModuleDef
     stem_conv: ModuleDef
     se: ModuleDef
+    pool: Callable[[jax.Array], jax.Array]
     dtype: Dtype
 
 
@@ -93,13 +96,15 @@ def network_ops(
 
     'shift' (what 'auto' picks on CPU) is the CPU formulation: besides the depthwise conv, it
     takes 1x1 weight gradients as 2-D matmuls, BatchNorm + activation gradients by hand, SiLU
-    through tanh, runs the 3-channel stem conv as a patch matmul, and with a bfloat16 `dtype`
+    through tanh, runs the 3-channel stem conv as a patch matmul, pools by a matmul with
+    ones (`global_pool(as_matmul=True)`), and with a bfloat16 `dtype`
     keeps activations float32 and gives the 1x1 matmuls bf16 operands (`activation_dtype`).
     Params are the same either way.
     """
     cpu_formulation = resolve_depthwise_impl(depthwise_impl) == "shift"
     act_dtype = activation_dtype(cpu_formulation, dtype)
     operand_dtype = dtype if act_dtype != dtype else None
+    pool = functools.partial(global_pool, as_matmul=cpu_formulation)
     return Ops(
         norm=functools.partial(
             BatchNormAct,
@@ -130,7 +135,8 @@ def network_ops(
             dtype=act_dtype,
             param_dtype=param_dtype,
         ),
-        se=functools.partial(SqueezeExcite, dtype=act_dtype, param_dtype=param_dtype),
+        se=functools.partial(SqueezeExcite, pool=pool, dtype=act_dtype, param_dtype=param_dtype),
+        pool=pool,
         dtype=act_dtype,
     )
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_effnet.blocks import ConvBN, Ops, classifier, network_ops
-from flax_effnet.layers import DepthwiseImpl, Padding, global_pool
+from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
 from flax_effnet.specs import make_divisible
@@ -175,7 +175,7 @@ class MobileNetV1(nn.Module):
             x = ConvBN(
                 net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "relu6", name="head"
             )(x)
-        x = global_pool(x)
+        x = ops.pool(x)
         if not self.num_classes:
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

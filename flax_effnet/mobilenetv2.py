@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_effnet.blocks import ConvBN, MBConv, classifier, network_ops
-from flax_effnet.layers import DepthwiseImpl, Padding, global_pool
+from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
 from flax_effnet.specs import BlockSpec, NetworkSpec, make_divisible, round_repeats
@@ -195,7 +195,7 @@ class MobileNetV2(nn.Module):
         x = ConvBN(
             net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "relu6", name="head"
         )(x)
-        x = global_pool(x)
+        x = ops.pool(x)
         if not self.num_classes:
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

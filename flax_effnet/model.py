@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_effnet.blocks import ConvBN, MBConv, classifier, network_ops
-from flax_effnet.layers import DepthwiseImpl, Padding, global_pool
+from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
 from flax_effnet.specs import VariantSpec, resolve_variant, scale_network, stage_strides
@@ -104,7 +104,7 @@ class EfficientNet(nn.Module):
             return tuple(stage_outputs.values())
 
         x = ConvBN(net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, name="head")(x)
-        x = global_pool(x)
+        x = ops.pool(x)
         if not self.num_classes:
             return x
         rate = resolve_variant(self.variant).dropout if self.dropout_rate is None else self.dropout_rate

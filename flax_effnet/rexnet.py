@@ -32,7 +32,6 @@ from flax_effnet.layers import (
     DepthwiseImpl,
     DropPath,
     Padding,
-    global_pool,
 )
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
@@ -256,7 +255,7 @@ class ReXNet(nn.Module):
         x = ConvBN(
             net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "silu", name="head"
         )(x)
-        x = global_pool(x)
+        x = ops.pool(x)
         if not self.num_classes:
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

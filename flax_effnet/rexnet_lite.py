@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_effnet.blocks import ConvBN, classifier, network_ops
-from flax_effnet.layers import DepthwiseImpl, Padding, conv_init, global_pool
+from flax_effnet.layers import DepthwiseImpl, Padding, conv_init
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
 from flax_effnet.rexnet import (
@@ -121,7 +121,7 @@ class ReXNetLite(nn.Module):
         x = ConvBN(
             net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "relu6", name="head"
         )(x)
-        x = global_pool(x)
+        x = ops.pool(x)
         x = PreLogits(
             PRE_LOGITS_CHANNELS, ops.norm, ops.dtype, self.param_dtype, name="pre_logits"
         )(x)

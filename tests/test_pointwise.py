@@ -1,7 +1,8 @@
-"""Convs computed as matmuls are nn.Conv: same params, outputs and gradients.
+"""What the CPU formulation computes as matmuls equals the plain op: same params, outputs and
+gradients.
 
 PointwiseConv is a 1x1 conv as a matmul; PatchConv (the CPU stem) a k x k conv as a matmul over
-k*k*C_in-value patches.
+k*k*C_in-value patches; `global_pool(as_matmul=True)` the spatial mean as a matmul with ones.
 """
 
 import jax
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flax_effnet.layers import PatchConv, PointwiseConv, conv_init, spatial_padding
+from flax_effnet.blocks import network_ops
+from flax_effnet.layers import PatchConv, PointwiseConv, conv_init, global_pool, spatial_padding
 
 
 @pytest.mark.parametrize("use_bias", [False, True])
@@ -117,3 +119,30 @@ def test_patch_conv_matches_nn_conv(k, stride, padding, size):
 def test_patch_conv_rejects_what_it_does_not_compute():
     with pytest.raises(ValueError, match="PatchConv"):
         PatchConv(4, (3, 3), (2, 1)).init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3), (3, 8, 8, 16)])
+def test_matmul_pool_matches_mean(shape, dtype):
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(shape) + 0.5, dtype)
+    weights = jnp.asarray(np.random.default_rng(2).standard_normal(shape[::3]), jnp.float32)
+
+    def loss(x, as_matmul):
+        return jnp.sum(global_pool(x, as_matmul=as_matmul) * weights)
+
+    ours, ours_grad = jax.value_and_grad(loss)(x, True)
+    ref, ref_grad = jax.value_and_grad(loss)(x, False)
+    assert global_pool(x, as_matmul=True).dtype == jnp.float32
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    assert ours_grad.dtype == dtype
+    np.testing.assert_allclose(np.asarray(ours_grad, np.float32), np.asarray(ref_grad, np.float32),
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("impl, primitive", [("shift", "dot_general"), ("conv", "reduce_sum")])
+def test_pool_per_formulation(impl, primitive):
+    ops = network_ops(train=False, depthwise_impl=impl, bn_momentum=0.9, bn_epsilon=1e-3,
+                      dtype=jnp.float32, param_dtype=jnp.float32)
+    jaxpr = str(jax.make_jaxpr(ops.pool)(jnp.ones((2, 4, 4, 8))))
+    assert primitive in jaxpr
+    assert ops.se(2).pool is ops.pool
