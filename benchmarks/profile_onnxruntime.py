@@ -29,6 +29,7 @@ import time
 
 # Path components that only say where a layer sits: timm's `blocks.3.1`, `features.7`, ...
 _POSITION = re.compile(r"^(blocks|features|stages|layers)(\.\d+)*$")
+_WARMUP = 3  # calls before the timed ones
 
 
 def layer_role(node_name: str) -> str:
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         sess = ort.InferenceSession(export_onnx(model, x, os.path.join(tmp, "model.onnx")), so,
                                     providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
-        for _ in range(3):
+        for _ in range(_WARMUP):
             sess.run(None, feed)
         start = time.perf_counter()
         for _ in range(args.calls):
@@ -98,8 +99,7 @@ def main(argv=None) -> int:
         wall = (time.perf_counter() - start) / args.calls * 1e3
         with open(sess.end_profiling()) as f:
             events = json.load(f)
-    # The profiler was on for the warm-up calls too.
-    per_node = node_times(events, args.calls + 3)
+    per_node = node_times(events, args.calls + _WARMUP)  # the profiler saw the warm-up calls too
     print(f"onnxruntime {ort.__version__} {args.model}, batch {args.batch}, {args.size} px, "
           f"{args.threads} threads: {sum(per_node.values()):.1f} ms of nodes per call, "
           f"{wall:.1f} ms per call (wall clock, profiler on)")
