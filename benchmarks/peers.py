@@ -133,13 +133,14 @@ def export_onnx(model, x, path: str) -> str:
 
 
 def build_engine(name: str, onnx_path: str, threads: int, precision: str = "f32",
-                 spin: bool = True):
+                 spin: bool = True, profile_prefix: str | None = None):
     """A callable `run(x_nchw_float32_numpy) -> logits numpy` for an inference engine.
 
     `precision` is OpenVINO's inference precision ('f32' or 'bf16'; bf16 needs avx512_bf16 or
     AMX, else OpenVINO runs f32 and `run.precision` says so); ONNX Runtime's CPU provider runs
     float32 only. `spin=False` stops ONNX Runtime's idle threads from spinning after a call,
-    which would take cores from the contestants it is interleaved with.
+    which would take cores from the contestants it is interleaved with. `profile_prefix` turns
+    on ONNX Runtime's profiler (files named from it); `run.end_profiling()` returns the file.
     """
     if name == "onnxruntime":
         import onnxruntime as ort
@@ -150,12 +151,16 @@ def build_engine(name: str, onnx_path: str, threads: int, precision: str = "f32"
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
         sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
 
         def run(x):
             return sess.run(None, {"x": x})[0]
 
         run.version, run.precision = ort.__version__, "f32"
+        run.end_profiling = sess.end_profiling
         return run
     if name == "openvino":
         import openvino as ov

@@ -72,35 +72,29 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
-    import onnxruntime as ort
     import torch
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from peers import build_timm_model, calibrate_, export_onnx
+    from peers import build_engine, build_timm_model, calibrate_, export_onnx
 
     model = build_timm_model(args.model).model
     x = torch.from_numpy(np.random.RandomState(0).randn(args.batch, 3, args.size, args.size).astype(np.float32))
     calibrate_(model, x)
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(export_onnx(model, x, os.path.join(tmp, "model.onnx")), so,
-                                    providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
+        # The session `bench_throughput.py` races, with the profiler on.
+        run = build_engine("onnxruntime", export_onnx(model, x, os.path.join(tmp, "model.onnx")),
+                           args.threads, profile_prefix=os.path.join(tmp, "ort"))
+        x = x.numpy()
         for _ in range(_WARMUP):
-            sess.run(None, feed)
+            run(x)
         start = time.perf_counter()
         for _ in range(args.calls):
-            sess.run(None, feed)
+            run(x)
         wall = (time.perf_counter() - start) / args.calls * 1e3
-        with open(sess.end_profiling()) as f:
+        with open(run.end_profiling()) as f:
             events = json.load(f)
     per_node = node_times(events, args.calls + _WARMUP)  # the profiler saw the warm-up calls too
-    print(f"onnxruntime {ort.__version__} {args.model}, batch {args.batch}, {args.size} px, "
+    print(f"onnxruntime {run.version} {args.model}, batch {args.batch}, {args.size} px, "
           f"{args.threads} threads: {sum(per_node.values()):.1f} ms of nodes per call, "
           f"{wall:.1f} ms per call (wall clock, profiler on)")
     print("by op type:")
