@@ -93,7 +93,7 @@ def test_rejects_what_is_not_a_plain_1x1_conv(kwargs):
         PointwiseConv(4, **kwargs).init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
 
 
-@pytest.mark.parametrize("k, stride", [(3, 2), (3, 1), (5, 2)])
+@pytest.mark.parametrize("k, stride", [(3, 2), (3, 1), (5, 2), (3, 3), (1, 2)])
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 @pytest.mark.parametrize("size", [(12, 12), (13, 10)])
 def test_patch_conv_matches_nn_conv(k, stride, padding, size):
