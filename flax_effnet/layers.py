@@ -366,7 +366,7 @@ class PatchConv(nn.Module):
     b0 eval forward (batch 8, 224 px, 2 cores), where gathering the 27-value patches with
     k*k strided slices and one (N*H*W, 27) x (27, 32) matmul take about 5 ms. The patches now
     come from s-pixel tuples (`_tuple_windows`): in b0's eval profile on a 2-core AVX2 EPYC
-    the stem's kernels took 7.8 ms against 15.5 (medians per call, profiles minutes apart);
+    the stem's kernels took 7.8 ms against 15.5 (medians per call, profiles an hour apart);
     the whole eval forward 1.007x, train step 1.012x (A/B, IQRs 0.95-1.08: the noise).
     """
 
