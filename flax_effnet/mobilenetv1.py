@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_effnet.blocks import ConvBN, Ops, classifier, network_ops
+from flax_effnet.blocks import ConvBN, Ops, block_name, classifier, network_ops, run_backbone
 from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
@@ -160,17 +160,17 @@ class MobileNetV1(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = x.astype(ops.dtype)
-        x = ConvBN(
+        stem = ConvBN(
             net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, "relu6", name="stem"
-        )(x)
-        stage_outputs = {}
-        for spec in net.blocks:
-            x = DepthwiseSeparable(
-                spec, self.padding, ops, name=f"blocks_{spec.stage}_{spec.index}"
-            )(x)
-            stage_outputs[spec.stage] = x
+        )
+        blocks = [
+            (spec, DepthwiseSeparable(spec, self.padding, ops, name=block_name(spec)))
+            for spec in net.blocks
+        ]
+        x = run_backbone(self, stem, blocks, x, train=train, return_stages=return_stages,
+                         depthwise_impl=self.depthwise_impl)
         if return_stages:
-            return tuple(stage_outputs.values())
+            return x
         if net.head_channels:
             x = ConvBN(
                 net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "relu6", name="head"

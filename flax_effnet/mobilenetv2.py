@@ -16,13 +16,14 @@ head rule. The param tree is EfficientNet's without squeeze-excite:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_effnet.blocks import ConvBN, MBConv, classifier, network_ops
+from flax_effnet.blocks import ConvBN, MBConv, block_name, classifier, network_ops, run_backbone
 from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
@@ -182,16 +183,19 @@ class MobileNetV2(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = x.astype(ops.dtype)
-        x = ConvBN(
+        stem = ConvBN(
             net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, "relu6", name="stem"
-        )(x)
-        stage_outputs = {}
-        for spec in net.blocks:
-            name = f"blocks_{spec.stage}_{spec.index}"
-            x = MBConv(spec, self.padding, ops, "relu6", name=name)(x, train=train)
-            stage_outputs[spec.stage] = x
+        )
+        blocks = [
+            (spec, functools.partial(
+                MBConv(spec, self.padding, ops, "relu6", name=block_name(spec)),
+                train=train))
+            for spec in net.blocks
+        ]
+        x = run_backbone(self, stem, blocks, x, train=train, return_stages=return_stages,
+                         depthwise_impl=self.depthwise_impl)
         if return_stages:
-            return tuple(stage_outputs.values())
+            return x
         x = ConvBN(
             net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, "relu6", name="head"
         )(x)

@@ -13,13 +13,14 @@ The param tree reads like the architecture (after rwightman/efficientnet-jax):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_effnet.blocks import ConvBN, MBConv, classifier, network_ops
+from flax_effnet.blocks import ConvBN, MBConv, block_name, classifier, network_ops, run_backbone
 from flax_effnet.layers import DepthwiseImpl, Padding
 from flax_effnet.preprocessing import Preprocessing
 from flax_effnet.registry import Family, ModelEntry, register_family, register_model
@@ -94,14 +95,17 @@ class EfficientNet(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = x.astype(ops.dtype)
-        x = ConvBN(net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, name="stem")(x)
-        stage_outputs = {}  # stage -> output of its last block
-        for spec in net.blocks:
-            name = f"blocks_{spec.stage}_{spec.index}"
-            x = MBConv(spec, self.padding, ops, "silu", name=name)(x, train=train)
-            stage_outputs[spec.stage] = x
+        stem = ConvBN(net.stem_channels, 3, 2, self.padding, ops.stem_conv, ops.norm, name="stem")
+        blocks = [
+            (spec, functools.partial(
+                MBConv(spec, self.padding, ops, "silu", name=block_name(spec)),
+                train=train))
+            for spec in net.blocks
+        ]
+        x = run_backbone(self, stem, blocks, x, train=train, return_stages=return_stages,
+                         depthwise_impl=self.depthwise_impl)
         if return_stages:
-            return tuple(stage_outputs.values())
+            return x
 
         x = ConvBN(net.head_channels, 1, 1, self.padding, ops.pointwise, ops.norm, name="head")(x)
         x = ops.pool(x)
